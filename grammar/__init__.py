@@ -1,0 +1,1 @@
+"""The .taps grammar (taps.lark), shipped inside the wheel as ``tapsc.grammar``."""

@@ -1,0 +1,3 @@
+from tapsc.cli import main
+
+main()

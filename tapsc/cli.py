@@ -1,0 +1,53 @@
+"""The `tapsc` command line. Commands live in tapsc/commands/; this module owns the
+typer app and turns user mistakes (TapscError) into rendered diagnostics and exit 1."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from tapsc.errors import TapscError
+
+app = typer.Typer(
+    name="tapsc",
+    help="Certified training from declarative .taps specs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors_exit(fn: F) -> F:
+    """Decorate a command: a TapscError is rendered (never a traceback) and exits 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TapscError as error:
+            from tapsc.diagnostics import render_error
+
+            err_console.print(render_error(error), soft_wrap=True, markup=False, highlight=False)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def main() -> None:
+    app(prog_name="tapsc")
+
+
+# Each command module adds its commands to `app` when imported; they import `app`
+# from here, so this import stays at the bottom.
+from tapsc.commands import language, train, verify  # noqa: E402, F401
+
+if __name__ == "__main__":
+    sys.exit(main())

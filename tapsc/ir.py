@@ -1,0 +1,319 @@
+"""The tapsc IR: a validated, torch-free description of one experiment.
+
+Every node is a frozen pydantic model with ``extra="forbid"``. Unions of node
+kinds carry a ``kind`` literal so pydantic names the bad tag and the valid ones.
+Each node may carry the ``Span`` of the source text it came from; spans are
+excluded from ``model_dump`` so IR comparisons in tests use the dumped JSON.
+
+Epochs are counted from 0. An epoch range ``[start, end)`` includes ``start``
+and excludes ``end``; ``end=None`` means "until the last epoch".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Span(BaseModel):
+    """A region of a source file, 1-based lines and columns (end exclusive)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    span: Span | None = Field(default=None, exclude=True, repr=False)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+# ---------------------------------------------------------------- data
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "tinyimagenet", "digits")
+DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "tinyimagenet", "digits"]
+
+
+class Normalize(Node):
+    """Per-channel normalisation applied inside the network (eps stays in pixel units)."""
+
+    mean: tuple[float, ...]
+    std: tuple[PositiveFloat, ...]
+
+
+class RandomCrop(Node):
+    kind: Literal["crop"] = "crop"
+    size: PositiveInt
+    padding: NonNegativeInt = 0
+
+
+class HorizontalFlip(Node):
+    kind: Literal["hflip"] = "hflip"
+
+
+class CenterCrop(Node):
+    kind: Literal["center_crop"] = "center_crop"
+    size: PositiveInt
+
+
+Augmentation = Annotated[Union[RandomCrop, HorizontalFlip, CenterCrop], Field(discriminator="kind")]
+
+
+class Data(Node):
+    dataset: DatasetName
+    root: str | None = None  # None: the dataset's default location
+    normalize: Normalize | None = None
+    train_augment: tuple[Augmentation, ...] = ()
+    test_augment: tuple[Augmentation, ...] = ()
+    batch: PositiveInt = 128
+    test_batch: PositiveInt | None = None  # None: same as batch
+    train_subset: PositiveInt | None = None  # first n training samples only
+    test_subset: PositiveInt | None = None  # first n test samples only
+    validation: NonNegativeInt = 0  # samples held out of train for model selection
+
+
+# ---------------------------------------------------------------- layers
+
+
+class Conv(Node):
+    kind: Literal["conv"] = "conv"
+    out_channels: PositiveInt
+    kernel: PositiveInt
+    stride: PositiveInt = 1
+    padding: NonNegativeInt = 0
+    bias: bool = True
+
+
+class Linear(Node):
+    kind: Literal["linear"] = "linear"
+    out_features: PositiveInt
+    bias: bool = True
+
+
+class BatchNorm(Node):
+    """BatchNorm over channels (2d after conv, 1d after linear: chosen from the shape)."""
+
+    kind: Literal["batchnorm"] = "batchnorm"
+    eps: PositiveFloat = 1e-5
+    momentum: UnitFloat = 0.1
+
+
+class ReLU(Node):
+    kind: Literal["relu"] = "relu"
+
+
+class Flatten(Node):
+    kind: Literal["flatten"] = "flatten"
+
+
+class AvgPool(Node):
+    kind: Literal["avgpool"] = "avgpool"
+    kernel: PositiveInt
+    stride: PositiveInt | None = None  # None: same as kernel
+    padding: NonNegativeInt = 0
+
+
+class MaxPool(Node):
+    kind: Literal["maxpool"] = "maxpool"
+    kernel: PositiveInt
+    stride: PositiveInt | None = None  # None: same as kernel
+    padding: NonNegativeInt = 0
+
+
+class Residual(Node):
+    """y = body(x) + shortcut(x); an empty shortcut is the identity."""
+
+    kind: Literal["residual"] = "residual"
+    body: tuple["Layer", ...]
+    shortcut: tuple["Layer", ...] = ()
+
+
+Layer = Annotated[
+    Union[Conv, Linear, BatchNorm, ReLU, Flatten, AvgPool, MaxPool, Residual],
+    Field(discriminator="kind"),
+]
+LAYER_KINDS = ("conv", "linear", "batchnorm", "relu", "flatten", "avgpool", "maxpool", "residual")
+Residual.model_rebuild()
+
+
+class Model(Node):
+    """The network after every named block and ``repeat`` is expanded."""
+
+    input_shape: tuple[PositiveInt, ...]  # (C, H, W) for images, (D,) for vectors
+    layers: tuple[Layer, ...]
+
+
+class SplitByRelus(Node):
+    """The classifier holds the last ``count`` ReLUs and everything after them."""
+
+    kind: Literal["relus_in_classifier"] = "relus_in_classifier"
+    count: NonNegativeInt
+
+
+class SplitAtLayer(Node):
+    """The classifier starts at top-level layer ``index`` (written as a `split` marker)."""
+
+    kind: Literal["at_layer"] = "at_layer"
+    index: NonNegativeInt
+
+
+Split = Annotated[Union[SplitByRelus, SplitAtLayer], Field(discriminator="kind")]
+
+# ---------------------------------------------------------------- perturbation
+
+
+class EpsSchedule(Node):
+    """eps is 0 before ``start_epoch``, ramps to the target until ``end_epoch``, then stays."""
+
+    shape: Literal["smooth", "linear", "constant"] = "smooth"
+    start_epoch: NonNegativeInt = 0
+    end_epoch: NonNegativeInt = 0
+
+
+class Perturbation(Node):
+    norm: Literal["linf"] = "linf"
+    eps: NonNegativeFloat  # the test (certification) radius, in [0, 1] pixel units
+    train_eps: NonNegativeFloat | None = None  # None: same as eps
+    schedule: EpsSchedule = EpsSchedule()
+
+
+# ---------------------------------------------------------------- method
+
+
+class InputAttack(Node):
+    """PGD in input space; ``step_size`` is a fraction of eps (None: 2.5 / steps)."""
+
+    steps: PositiveInt = 10
+    restarts: PositiveInt = 1
+    step_size: PositiveFloat | None = None
+    loss: Literal["ce", "margin"] = "ce"
+
+
+class LatentAttack(Node):
+    """PGD inside the latent box; ``step_size`` is a fraction of the box width
+    (None: max(0.2, 2 / steps)); ``estimation_batch`` caps the rows attacked at once."""
+
+    steps: PositiveInt = 20
+    restarts: PositiveInt = 1
+    step_size: PositiveFloat | None = None
+    estimator: Literal["multi", "single"] = "multi"
+    estimation_batch: PositiveInt | None = None
+
+
+class Connector(Node):
+    """Gradient connector; binary is c = 0, linear is c = 1."""
+
+    kind: Literal["rectified_linear", "linear", "binary"] = "rectified_linear"
+    c: UnitFloat = 0.5
+
+
+class _Phase(Node):
+    start: NonNegativeInt = 0
+    end: PositiveInt | None = None
+
+
+class NaturalPhase(_Phase):
+    kind: Literal["natural"] = "natural"
+
+
+class PGDPhase(_Phase):
+    kind: Literal["pgd"] = "pgd"
+    attack: InputAttack = InputAttack()
+
+
+class IBPPhase(_Phase):
+    kind: Literal["ibp"] = "ibp"
+    shi_regularizer: NonNegativeFloat = 0.0  # lambda_reg of Shi et al.; 0 disables
+
+
+class SABRPhase(_Phase):
+    kind: Literal["sabr"] = "sabr"
+    sabr_lambda: Annotated[float, Field(gt=0, le=1)] = 0.4
+    attack: InputAttack = InputAttack()
+    shi_regularizer: NonNegativeFloat = 0.0
+
+
+class TAPSPhase(_Phase):
+    kind: Literal["taps"] = "taps"
+    connector: Connector = Connector()
+    attack: LatentAttack = LatentAttack()
+    weight: NonNegativeFloat = 5.0  # w = a / (1 - a) in App. A
+
+
+class STAPSPhase(_Phase):
+    kind: Literal["staps"] = "staps"
+    connector: Connector = Connector()
+    attack: LatentAttack = LatentAttack()
+    weight: NonNegativeFloat = 5.0
+    sabr_lambda: Annotated[float, Field(gt=0, le=1)] = 0.4
+    input_attack: InputAttack = InputAttack()
+
+
+Phase = Annotated[
+    Union[NaturalPhase, PGDPhase, IBPPhase, SABRPhase, TAPSPhase, STAPSPhase],
+    Field(discriminator="kind"),
+]
+PHASE_KINDS = ("natural", "pgd", "ibp", "sabr", "taps", "staps")
+
+
+class Method(Node):
+    phases: tuple[Phase, ...]
+    initialization: Literal["default", "shi"] = "default"
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+class Optimizer(Node):
+    kind: Literal["adam", "sgd"] = "adam"
+    lr: PositiveFloat = 5e-4
+    momentum: UnitFloat = 0.9  # sgd only
+    weight_decay: NonNegativeFloat = 0.0
+    milestones: tuple[NonNegativeInt, ...] = ()  # epochs at which lr *= decay_factor
+    decay_factor: PositiveFloat = 0.2
+    clip: PositiveFloat | None = 10.0  # gradient norm clipping; None disables
+    l1: NonNegativeFloat = 0.0
+    epochs: PositiveInt
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- evaluation and export
+
+METRICS = ("natural", "pgd", "ibp", "crown_ibp", "crown", "taps")
+Metric = Literal["natural", "pgd", "ibp", "crown_ibp", "crown", "taps"]
+
+
+class Eval(Node):
+    metrics: tuple[Metric, ...] = ("natural", "pgd", "ibp", "taps")
+    samples: PositiveInt | None = None  # None: the whole test set
+    batch: PositiveInt = 128
+    attack: InputAttack = InputAttack(steps=50, restarts=2, loss="margin")
+    select: Metric = "taps"  # selects the best checkpoint
+
+
+class Export(Node):
+    opset: Annotated[int, Field(ge=13, le=17)] = 13
+    samples: PositiveInt = 100  # VNN-LIB properties (correctly classified test samples)
+    eps: NonNegativeFloat | None = None  # None: perturbation.eps
+    timeout: PositiveFloat = 300.0  # seconds per instance
+
+
+class Spec(Node):
+    data: Data
+    model: Model
+    split: Split = SplitByRelus(count=0)
+    perturbation: Perturbation
+    method: Method
+    optimizer: Optimizer
+    eval: Eval = Eval()
+    export: Export = Export()

@@ -1,0 +1,130 @@
+"""Torch-free shape inference over IR layers.
+
+Shapes exclude the batch dimension: (C, H, W) for feature maps, (D,) for vectors.
+Used by the semantic checks (to report a bad layer with its span) and by the
+compiler (to size each layer's parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tapsc import ir
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class ShapeError(Exception):
+    """A layer cannot take the shape it is given; ``layer`` carries the span."""
+
+    layer: ir.Node
+    message: str
+    help: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _pooled(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _spatial(layer: ir.Node, shape: Shape, kernel: int, stride: int, padding: int, what: str) -> Shape:
+    if len(shape) != 3:
+        raise ShapeError(layer, f"{what} needs a (C, H, W) feature map, got shape {shape}",
+                         "put it before `flatten`, or use `linear` on flat vectors")
+    c, h, w = shape
+    oh, ow = _pooled(h, kernel, stride, padding), _pooled(w, kernel, stride, padding)
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(layer, f"{what} with kernel {kernel} does not fit a {h}x{w} input (padding {padding})",
+                         "use a smaller kernel or more padding")
+    return (c, oh, ow)
+
+
+def layer_output_shape(layer: ir.Node, shape: Shape) -> Shape:
+    """Output shape of one layer for an input of ``shape``; raises ShapeError."""
+    if isinstance(layer, ir.Conv):
+        _, oh, ow = _spatial(layer, shape, layer.kernel, layer.stride, layer.padding, "conv")
+        return (layer.out_channels, oh, ow)
+    if isinstance(layer, (ir.AvgPool, ir.MaxPool)):
+        stride = layer.stride or layer.kernel
+        if layer.padding * 2 > layer.kernel:
+            raise ShapeError(layer, f"{layer.kind} padding {layer.padding} is more than half its kernel {layer.kernel}",
+                             "padding may be at most kernel // 2")
+        return _spatial(layer, shape, layer.kernel, stride, layer.padding, layer.kind)
+    if isinstance(layer, ir.Linear):
+        if len(shape) != 1:
+            raise ShapeError(layer, f"linear needs a flat vector, got shape {shape}",
+                             "insert `flatten` before it")
+        return (layer.out_features,)
+    if isinstance(layer, ir.Flatten):
+        size = 1
+        for dim in shape:
+            size *= dim
+        return (size,)
+    if isinstance(layer, (ir.BatchNorm, ir.ReLU)):
+        return shape
+    if isinstance(layer, ir.Residual):
+        body_shape = sequence_output_shape(layer.body, shape)
+        short_shape = sequence_output_shape(layer.shortcut, shape)
+        if body_shape != short_shape:
+            raise ShapeError(layer, f"residual body gives shape {body_shape} but its shortcut gives {short_shape}",
+                             "give the shortcut a conv that matches the body's channels and stride")
+        return body_shape
+    raise ShapeError(layer, f"no shape rule for layer kind {type(layer).__name__}")
+
+
+def sequence_output_shape(layers: tuple[ir.Node, ...], shape: Shape) -> Shape:
+    for layer in layers:
+        shape = layer_output_shape(layer, shape)
+    return shape
+
+
+def layer_shapes(layers: tuple[ir.Node, ...], shape: Shape) -> list[Shape]:
+    """Output shape after each top-level layer (raises at the first bad one)."""
+    shapes = []
+    for layer in layers:
+        shape = layer_output_shape(layer, shape)
+        shapes.append(shape)
+    return shapes
+
+
+def count_relus(layers: tuple[ir.Node, ...]) -> int:
+    """ReLUs in a layer sequence, residual bodies and shortcuts included."""
+    total = 0
+    for layer in layers:
+        if isinstance(layer, ir.ReLU):
+            total += 1
+        elif isinstance(layer, ir.Residual):
+            total += count_relus(layer.body) + count_relus(layer.shortcut)
+    return total
+
+
+def split_index(model: ir.Model, split: ir.Node) -> int:
+    """Top-level index where the classifier starts.
+
+    For ``relus_in_classifier = n`` the classifier starts right after the ReLU that
+    leaves exactly n ReLUs behind it (n = 0: after the last ReLU, so the classifier
+    is the final affine part; n = all: index 0). Raises ValueError when no
+    top-level boundary leaves exactly n ReLUs in the classifier.
+    """
+    if isinstance(split, ir.SplitAtLayer):
+        if split.index > len(model.layers):
+            raise ValueError(f"split index {split.index} is past the last layer ({len(model.layers)} layers)")
+        return split.index
+    assert isinstance(split, ir.SplitByRelus)
+    total = count_relus(model.layers)
+    if split.count > total:
+        raise ValueError(f"relus_in_classifier = {split.count} but the model has only {total} ReLUs")
+    if split.count == total:
+        return 0
+    seen = 0
+    for index, layer in enumerate(model.layers):
+        seen += count_relus((layer,))
+        if seen == total - split.count and isinstance(layer, ir.ReLU):
+            return index + 1
+        if seen > total - split.count:
+            break
+    raise ValueError(f"no top-level layer boundary leaves exactly {split.count} ReLUs in the classifier "
+                     "(a split cannot fall inside a residual block)")
