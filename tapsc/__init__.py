@@ -5,3 +5,23 @@ that parsing and checking a spec never imports torch.
 """
 
 __version__ = "0.1.0"
+
+# name -> (module, attribute); resolved on first use so `import tapsc` stays light.
+_LAZY = {
+    "parse": ("tapsc.syntax", "parse_file"),
+    "parse_tree": ("tapsc.syntax", "parse_tree"),
+    "load_spec": ("tapsc.spec", "load_spec"),
+    "load_spec_text": ("tapsc.spec", "load_spec_text"),
+    "check": ("tapsc.check", "run_checks"),
+    "print_spec": ("tapsc.printer", "print_spec"),
+    "render_error": ("tapsc.diagnostics", "render_error"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'tapsc' has no attribute {name!r}")

@@ -98,6 +98,7 @@ class Linear(Node):
     kind: Literal["linear"] = "linear"
     out_features: PositiveInt
     bias: bool = True
+    in_features: PositiveInt | None = None  # optional, checked against the inferred fan-in
 
 
 class BatchNorm(Node):

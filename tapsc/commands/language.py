@@ -1,1 +1,124 @@
-"""Placeholder: filled in by its issue."""
+"""`tapsc check` (validate specs without training) and `tapsc show` (print a spec's stages)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tapsc.cli import app, user_errors_exit
+from tapsc.errors import Diagnostic, TapscError
+
+# Piped output (tests, logs) gets a wide console so the layer table is not cut.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+_SET_HELP = "Override a spec setting: path=value, e.g. optimizer.lr=1e-3 (repeatable)."
+STAGES = ("tree", "ir", "graph")
+
+
+@app.command("check")
+@user_errors_exit
+def check_command(
+    specs: list[Path] = typer.Argument(..., help="The .taps specs to validate."),
+    set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+) -> None:
+    """Validate specs (syntax, schema, shapes, schedule) without training; no GPU or data needed."""
+    from tapsc.printer import layer_rows
+    from tapsc.spec import load_spec
+
+    problems: list[Diagnostic] = []
+    for path in specs:
+        try:
+            spec = load_spec(path, set_)
+        except TapscError as error:
+            problems.extend(error.diagnostics)
+            console.print(f"[red]fail[/red] {escape(str(path))}")
+            continue
+        params = sum(row["params"] for row in layer_rows(spec))
+        console.print(f"[green]ok[/green]   {escape(str(path))}  ({spec.data.dataset}, "
+                      f"{len(spec.model.layers)} layers, {params:,} parameters)")
+    if problems:
+        raise TapscError(problems)
+
+
+@app.command("show")
+@user_errors_exit
+def show_command(
+    spec: Path = typer.Argument(..., help="The .taps spec to show."),
+    stage: str = typer.Option("ir", "--stage", help="tree (parse tree), ir (layer table and schedule) "
+                              "or graph (the compiled torch modules)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the canonical IR as JSON."),
+    set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+) -> None:
+    """Print one stage of a spec: its parse tree, its IR (layer table, schedule) or its torch graph."""
+    from tapsc.spec import load_spec
+
+    if stage not in STAGES:
+        from tapsc.diagnostics import did_you_mean
+
+        raise TapscError(Diagnostic(code="unknown-stage", message=f"unknown stage `{stage}`",
+                                    help=did_you_mean(stage, STAGES)))
+    if stage == "tree":
+        _show_tree(spec)
+        return
+    loaded = load_spec(spec, set_)
+    if as_json:
+        typer.echo(loaded.model_dump_json(indent=2))
+    elif stage == "ir":
+        _show_ir(loaded)
+    else:
+        _show_graph(loaded)
+
+
+def _show_tree(path: Path) -> None:
+    from tapsc.syntax import parse_tree
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TapscError(Diagnostic(code="file-not-found", message=f"cannot read spec `{path}`",
+                                    help=error.strerror)) from None
+    from tapsc.diagnostics import register_source
+
+    register_source(str(path), text)
+    typer.echo(parse_tree(text, str(path)).pretty())
+
+
+def _show_ir(spec) -> None:
+    from tapsc.printer import layer_rows, schedule_lines
+
+    table = Table(title=escape(f"model: input {spec.model.input_shape}"), title_justify="left")
+    for column in ("#", "layer", "output shape", "params", "ReLUs", "part"):
+        table.add_column(column, justify="right" if column in ("#", "params", "ReLUs") else "left", no_wrap=True)
+    rows = layer_rows(spec)
+    for row in rows:
+        table.add_row(str(row["index"]), escape(row["layer"]), escape(str(row["shape"])), f"{row['params']:,}",
+                      str(row["relus"]) if row["relus"] else "", row["part"])
+    console.print(table)
+    total = sum(row["params"] for row in rows)
+    console.print(f"{total:,} parameters; split: {escape(_split_text(spec))}")
+    console.print("[bold]schedule[/bold]")
+    for line in schedule_lines(spec):
+        console.print(f"  {escape(line)}")
+
+
+def _split_text(spec) -> str:
+    from tapsc import ir
+
+    if isinstance(spec.split, ir.SplitAtLayer):
+        return f"classifier from layer {spec.split.index}"
+    return f"{spec.split.count} ReLU(s) in the classifier"
+
+
+def _show_graph(spec) -> None:
+    try:
+        from tapsc.compile import compile_network
+    except ImportError as error:
+        raise TapscError(Diagnostic(code="no-compiler", message="the graph stage needs tapsc.compile",
+                                    help=str(error))) from None
+    network = compile_network(spec)
+    console.print(escape(str(network)))

@@ -1,0 +1,165 @@
+"""Expansion of model layer statements into flat IR layer tables.
+
+Named blocks are inlined with their parameters substituted (`width * 2` is
+evaluated here), `repeat n { ... }` is unrolled, `residual { ...; shortcut { ... } }`
+becomes one residual layer, and `split` markers are recorded as top-level layer
+indices. Layers that come from a built-in library block carry the span of the
+call site, so a user's diagnostic points at their own file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tapsc import ir
+from tapsc.build_ir import BlockDef, Problem, Table, Val, bind, expect_positional, field_names, need_body, plain
+from tapsc.diagnostics import did_you_mean
+from tapsc.errors import Diagnostic
+from tapsc.ir import Span
+from tapsc.syntax import Statement
+
+# Positional arguments of each layer kind, in order; the rest are named only.
+LAYER_POSITIONAL = {
+    "conv": ("out_channels", "kernel", "stride", "padding"),
+    "linear": ("out_features",),
+    "batchnorm": (),
+    "relu": (),
+    "flatten": (),
+    "avgpool": ("kernel", "stride", "padding"),
+    "maxpool": ("kernel", "stride", "padding"),
+}
+LAYER_CLASSES: dict[str, type[ir.Node]] = {
+    "conv": ir.Conv, "linear": ir.Linear, "batchnorm": ir.BatchNorm, "relu": ir.ReLU,
+    "flatten": ir.Flatten, "avgpool": ir.AvgPool, "maxpool": ir.MaxPool,
+}
+LAYER_ALIASES = {
+    "conv": {"out": "out_channels", "channels": "out_channels", "pad": "padding"},
+    "linear": {"out": "out_features", "features": "out_features", "in": "in_features"},
+    "avgpool": {"pad": "padding"},
+    "maxpool": {"pad": "padding"},
+}
+STRUCTURE = ("repeat", "residual", "split")
+MAX_LAYERS = 10_000  # a `repeat` beyond this is surely a typo, and would only exhaust memory
+
+
+@dataclass
+class Expansion:
+    """The flat top-level layers, the split markers found, and the problems met."""
+
+    layers: list[Table] = field(default_factory=list)
+    markers: list[tuple[int, Span]] = field(default_factory=list)
+    problems: list[Diagnostic] = field(default_factory=list)
+
+
+def expand_model(statements: tuple[Statement, ...], blocks: dict[str, BlockDef]) -> Expansion:
+    """Expand a model's layer statements (blocks, repeats, residuals, markers)."""
+    expansion = Expansion()
+    _Expander(blocks, expansion).expand(statements, {}, expansion.layers, top=True, site=None, stack=())
+    return expansion
+
+
+class _Expander:
+    def __init__(self, blocks: dict[str, BlockDef], expansion: Expansion):
+        self.blocks = blocks
+        self.expansion = expansion
+
+    def expand(self, statements, env: dict[str, Any], out: list[Table], top: bool, site: Span | None,
+               stack: tuple[str, ...]) -> None:
+        for statement in statements:
+            try:
+                self.statement(statement, env, out, top, site, stack)
+            except Problem as problem:
+                self.expansion.problems.append(problem.diagnostic)
+            if len(out) > MAX_LAYERS:
+                raise Problem("too-many-layers", f"the model expands to more than {MAX_LAYERS} layers",
+                              site or statement.span, help="check the counts of `repeat`")
+
+    def statement(self, statement: Statement, env, out, top, site, stack) -> None:
+        name = statement.name
+        where = site or statement.span
+        if name == "split":
+            self.marker(statement, out, top, where)
+        elif name == "repeat":
+            self.repeat(statement, env, out, top, site, stack)
+        elif name == "residual":
+            out.append(self.residual(statement, env, site, stack))
+        elif name in LAYER_CLASSES:
+            out.append(self.layer(statement, env, where))
+        elif name in self.blocks:
+            self.call(statement, env, out, top, site, stack)
+        else:
+            choices = [*LAYER_CLASSES, *STRUCTURE, *self.blocks]
+            raise Problem("unknown-layer", f"unknown layer or block `{name}`", statement.name_span,
+                          help=did_you_mean(name, choices))
+
+    def marker(self, statement: Statement, out, top: bool, where: Span) -> None:
+        if statement.words or statement.body is not None:
+            raise Problem("bad-split", "a `split` marker inside the model takes no arguments", statement.span,
+                          help="write `split` alone between two layers, or use `split relus_in_classifier = n` "
+                          "as a section")
+        if not top:
+            raise Problem("split-inside-residual", "the split cannot fall inside a residual block", where,
+                          help="move the `split` marker before or after the `residual { ... }`")
+        self.expansion.markers.append((len(out), where))
+
+    def repeat(self, statement: Statement, env, out, top, site, stack) -> None:
+        values = expect_positional(statement, bind(statement, ("times",), call=True), ["times"])
+        if "times" not in values:
+            raise Problem("missing-value", "`repeat` needs a count", statement.name_span,
+                          help="for example `repeat 2 { conv(128, kernel = 3, padding = 1); relu }`")
+        times = plain(values["times"], env)
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise Problem("bad-repeat", f"`repeat` needs a positive whole count, found `{times}`",
+                          values["times"].span)
+        body = need_body(statement, "repeat 2 { conv(128, kernel = 3, padding = 1); relu }")
+        for _ in range(times):
+            self.expand(body, env, out, top, site, stack)
+
+    def residual(self, statement: Statement, env, site, stack) -> Table:
+        if statement.words:
+            raise Problem("unexpected-argument", "`residual` takes only a `{ ... }` block", statement.words[0].span)
+        body = need_body(statement, "residual { conv(64, kernel = 3, padding = 1); relu; shortcut { } }")
+        main, shortcut = [], []
+        for inner in body:
+            if inner.name == "shortcut":
+                self.expand(need_body(inner, "shortcut { conv(128, kernel = 1, stride = 2) }"), env, shortcut,
+                            False, site, stack)
+            else:
+                self.expand((inner,), env, main, False, site, stack)
+        where = site or statement.span
+        return Table(kind=Val("residual", where), body=Val(main, where), shortcut=Val(shortcut, where), span=where)
+
+    def layer(self, statement: Statement, env, where: Span) -> Table:
+        if statement.body is not None:
+            raise Problem("unexpected-block", f"`{statement.name}` takes no `{{ ... }}` block", statement.span)
+        kind = statement.name
+        names = field_names(LAYER_CLASSES[kind])
+        bound = bind(statement, names, call=True, aliases=LAYER_ALIASES.get(kind))
+        values = expect_positional(statement, bound, LAYER_POSITIONAL[kind])
+        table = Table(kind=Val(kind, where), span=where)
+        for key, value in values.items():
+            table[key] = Val(plain(value, env), where if where is not statement.span else value.span)
+        return table
+
+    def call(self, statement: Statement, env, out, top, site, stack) -> None:
+        block = self.blocks[statement.name]
+        if block.name in stack:
+            raise Problem("block-recursion", f"block `{block.name}` uses itself", statement.span,
+                          help=" -> ".join([*stack, block.name]))
+        if statement.body is not None:
+            raise Problem("unexpected-block", f"a call of block `{block.name}` takes no `{{ ... }}` block",
+                          statement.span)
+        params = [name for name, _, _ in block.params]
+        values = expect_positional(statement, bind(statement, params, call=True), params)
+        scope: dict[str, Any] = {}
+        for name, default, _ in block.params:
+            if name in values:
+                scope[name] = plain(values[name], env)
+            elif default is not None:
+                scope[name] = plain(default, dict(scope))
+            else:
+                raise Problem("missing-argument", f"block `{block.name}` needs a value for `{name}`",
+                              statement.span, help=f"for example `{block.name}({name} = ...)`")
+        inner_site = site if site is not None else (statement.span if block.library else None)
+        self.expand(block.body, scope, out, top, inner_site, (*stack, block.name))

@@ -1,0 +1,239 @@
+"""Named semantic checks over a validated `ir.Spec`.
+
+Each check is a function ``check_*(spec) -> list[Diagnostic]`` registered with
+``@check``; `run_checks` runs them all and returns every problem found. The
+checks are about relations between nodes (shapes, split, phases, schedule);
+single-field constraints live in the pydantic schema (tapsc/ir.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tapsc import ir
+from tapsc.errors import Diagnostic
+from tapsc.lowering import DATASET_CLASSES, DATASET_SHAPES
+from tapsc.shapes import ShapeError, count_relus, layer_output_shape, split_index
+
+Check = Callable[[ir.Spec], list[Diagnostic]]
+CHECKS: dict[str, Check] = {}
+
+
+def check(fn: Check) -> Check:
+    """Register a semantic check under its function name."""
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+def run_checks(spec: ir.Spec) -> list[Diagnostic]:
+    """Every diagnostic of every registered check, in registration order."""
+    problems: list[Diagnostic] = []
+    for fn in CHECKS.values():
+        problems.extend(fn(spec))
+    return problems
+
+
+def _layer_fan_in(layer: ir.Node, shape: tuple[int, ...]) -> list[Diagnostic]:
+    if isinstance(layer, ir.Linear) and layer.in_features is not None and len(shape) == 1 \
+            and shape[0] != layer.in_features:
+        return [Diagnostic(code="shape-mismatch", message=f"linear expects {layer.in_features} inputs but "
+                           f"receives {shape[0]}", span=layer.span,
+                           help=f"set `in = {shape[0]}` or drop `in` to infer it")]
+    return []
+
+
+def _walk_shapes(layers, shape, problems: list[Diagnostic]):
+    """Infer shapes layer by layer, recording fan-in mismatches; None after the first error."""
+    for layer in layers:
+        if isinstance(layer, ir.Residual):
+            body = _walk_shapes(layer.body, shape, problems)
+            if body is None or _walk_shapes(layer.shortcut, shape, problems) is None:
+                return None
+        problems.extend(_layer_fan_in(layer, shape))
+        try:
+            shape = layer_output_shape(layer, shape)
+        except ShapeError as error:
+            problems.append(Diagnostic(code="shape-mismatch", message=error.message,
+                                       span=error.layer.span or layer.span, help=error.help))
+            return None
+    return shape
+
+
+def model_output_shape(spec: ir.Spec) -> tuple[int, ...] | None:
+    """The network's output shape, or None when a layer does not fit its input."""
+    return _walk_shapes(spec.model.layers, spec.model.input_shape, [])
+
+
+@check
+def check_shapes(spec: ir.Spec) -> list[Diagnostic]:
+    """Every layer fits the shape it receives (a conv on a flat vector, a wrong fan-in...)."""
+    problems: list[Diagnostic] = []
+    shape = _walk_shapes(spec.model.layers, spec.model.input_shape, problems)
+    if shape is not None and len(shape) != 1:
+        problems.append(Diagnostic(code="output-not-flat", message=f"the network ends with shape {shape}, "
+                                   "not a vector of logits", span=spec.model.span,
+                                   help="end the model with `flatten` and a `linear(classes)`"))
+    return problems
+
+
+@check
+def check_output_classes(spec: ir.Spec) -> list[Diagnostic]:
+    """The last layer gives one logit per class of the dataset."""
+    shape = model_output_shape(spec)
+    classes = DATASET_CLASSES[spec.data.dataset]
+    if shape is None or len(shape) != 1 or shape[0] == classes:
+        return []
+    last = spec.model.layers[-1] if spec.model.layers else spec.model
+    return [Diagnostic(code="wrong-class-count", message=f"the network gives {shape[0]} outputs but "
+                       f"`{spec.data.dataset}` has {classes} classes", span=last.span or spec.model.span,
+                       help=f"end with `linear({classes})` (for `cnn7`: `cnn7(classes = {classes})`)")]
+
+
+@check
+def check_input_channels(spec: ir.Spec) -> list[Diagnostic]:
+    """Image inputs have the dataset's channel count."""
+    channels = DATASET_SHAPES[spec.data.dataset][0]
+    shape = spec.model.input_shape
+    if len(shape) == 3 and shape[0] != channels:
+        return [Diagnostic(code="input-channels", message=f"input has {shape[0]} channels but "
+                           f"`{spec.data.dataset}` images have {channels}", span=spec.model.span,
+                           help=f"write `input ({channels}, {shape[1]}, {shape[2]})`")]
+    return []
+
+
+@check
+def check_split(spec: ir.Spec) -> list[Diagnostic]:
+    """The split leaves the requested ReLUs in the classifier at a top-level boundary."""
+    split = spec.split
+    try:
+        split_index(spec.model, split)
+    except ValueError as error:
+        total = count_relus(spec.model.layers)
+        return [Diagnostic(code="split-out-of-range", message=str(error), span=split.span,
+                           help=f"relus_in_classifier must be between 0 and {total} (the model has {total} ReLUs)")]
+    return []
+
+
+@check
+def check_normalize(spec: ir.Spec) -> list[Diagnostic]:
+    """mean and std give one value per input channel."""
+    norm = spec.data.normalize
+    if norm is None:
+        return []
+    channels = spec.model.input_shape[0] if len(spec.model.input_shape) == 3 else 1
+    if len(norm.mean) == len(norm.std) == channels:
+        return []
+    return [Diagnostic(code="normalize-channels", message=f"normalize gives {len(norm.mean)} means and "
+                       f"{len(norm.std)} stds for {channels} channel(s)", span=norm.span,
+                       help="give one mean and one std per channel")]
+
+
+@check
+def check_crops(spec: ir.Spec) -> list[Diagnostic]:
+    """Crops are no larger than the (padded) images they cut from."""
+    _, height, width = DATASET_SHAPES[spec.data.dataset]
+    problems = []
+    for item in (*spec.data.train_augment, *spec.data.test_augment):
+        padding = getattr(item, "padding", 0)
+        size = getattr(item, "size", None)
+        if size is not None and size > min(height, width) + 2 * padding:
+            problems.append(Diagnostic(code="crop-too-large", message=f"crop {size} is larger than the "
+                                       f"{height}x{width} images of `{spec.data.dataset}`", span=item.span,
+                                       help=f"use a size of at most {min(height, width) + 2 * padding}"))
+    return problems
+
+
+@check
+def check_phases(spec: ir.Spec) -> list[Diagnostic]:
+    """Phases tile [0, epochs) with no gap and no overlap; the last runs to the end."""
+    phases, epochs = spec.method.phases, spec.optimizer.epochs
+    if not phases:
+        return [Diagnostic(code="no-phases", message="the method has no phases", span=spec.method.span,
+                           help="add one, e.g. `phase taps`")]
+    problems = []
+    expected = 0
+    for phase in phases:
+        end = phase.end if phase.end is not None else epochs
+        if phase.start != expected:
+            what = "overlaps the previous phase" if phase.start < expected else "leaves a gap after the previous one"
+            problems.append(Diagnostic(code="phase-overlap" if phase.start < expected else "phase-gap",
+                                       message=f"the `{phase.kind}` phase starts at epoch {phase.start} and {what}",
+                                       span=phase.span, help=f"start it at epoch {expected}"))
+        if end <= phase.start:
+            problems.append(Diagnostic(code="empty-phase", message=f"the `{phase.kind}` phase ends at epoch {end}, "
+                                       f"not after its start {phase.start}", span=phase.span))
+        if end > epochs:
+            problems.append(Diagnostic(code="phase-after-end", message=f"the `{phase.kind}` phase ends at epoch "
+                                       f"{end} but training has {epochs} epochs", span=phase.span,
+                                       help=f"end it by epoch {epochs} or raise `epochs`"))
+        expected = end
+    if phases[-1].end is not None and phases[-1].end < epochs:
+        problems.append(Diagnostic(code="phase-gap", message=f"the phases end at epoch {phases[-1].end} but training "
+                                   f"has {epochs} epochs", span=phases[-1].span,
+                                   help="drop the last phase's `until` so it runs to the end"))
+    return problems
+
+
+@check
+def check_schedule(spec: ir.Spec) -> list[Diagnostic]:
+    """The eps ramp starts before it ends and ends by the last epoch."""
+    schedule, epochs = spec.perturbation.schedule, spec.optimizer.epochs
+    span = schedule.span or spec.perturbation.span
+    if schedule.end_epoch < schedule.start_epoch:
+        return [Diagnostic(code="schedule-backwards", message=f"the eps schedule ends at epoch {schedule.end_epoch} "
+                           f"before it starts at {schedule.start_epoch}", span=span)]
+    if schedule.end_epoch > epochs:
+        return [Diagnostic(code="schedule-after-end", message=f"the eps schedule ends at epoch {schedule.end_epoch} "
+                           f"but training has {epochs} epochs", span=span,
+                           help=f"end the ramp by epoch {epochs} or raise `epochs`")]
+    return []
+
+
+@check
+def check_milestones(spec: ir.Spec) -> list[Diagnostic]:
+    """Learning-rate milestones are increasing and inside training."""
+    opt = spec.optimizer
+    if list(opt.milestones) != sorted(set(opt.milestones)):
+        return [Diagnostic(code="milestones-order", message=f"milestones {opt.milestones} are not increasing",
+                           span=opt.span, help="list them in increasing order without repeats")]
+    late = [m for m in opt.milestones if m >= opt.epochs]
+    if late:
+        return [Diagnostic(code="milestone-after-end", message=f"milestone {late[0]} is not before the last epoch "
+                           f"({opt.epochs} epochs)", span=opt.span)]
+    return []
+
+
+@check
+def check_connectors(spec: ir.Spec) -> list[Diagnostic]:
+    """`linear` means c = 1 and `binary` c = 0; anything else is `rectified_linear`."""
+    problems = []
+    for phase in spec.method.phases:
+        connector = getattr(phase, "connector", None)
+        if connector is None:
+            continue
+        fixed = {"linear": 1.0, "binary": 0.0}.get(connector.kind)
+        if fixed is not None and connector.c != fixed:
+            problems.append(Diagnostic(code="connector-c", message=f"the `{connector.kind}` connector has c = {fixed:g}, "
+                                       f"not {connector.c:g}", span=connector.span,
+                                       help=f"write `connector rectified_linear(c = {connector.c:g})`"))
+    return problems
+
+
+@check
+def check_eval(spec: ir.Spec) -> list[Diagnostic]:
+    """The metric that selects the checkpoint is one that is evaluated."""
+    if spec.eval.select not in spec.eval.metrics:
+        return [Diagnostic(code="select-not-evaluated", message=f"checkpoints are selected by `{spec.eval.select}` "
+                           "but it is not in `metrics`", span=spec.eval.span,
+                           help=f"add `{spec.eval.select}` to `metrics` or select by one of {list(spec.eval.metrics)}")]
+    return []
+
+
+@check
+def check_perturbation(spec: ir.Spec) -> list[Diagnostic]:
+    """Certified methods need a positive radius."""
+    certified = [p.kind for p in spec.method.phases if p.kind in ("ibp", "sabr", "taps", "staps", "pgd")]
+    if certified and spec.perturbation.eps == 0 and (spec.perturbation.train_eps or 0) == 0:
+        return [Diagnostic(code="zero-eps", message=f"eps is 0 but the method trains with `{certified[0]}`",
+                           span=spec.perturbation.span, help="set a positive `eps`, e.g. `eps 8/255`")]
+    return []

@@ -1,0 +1,167 @@
+"""The spec pipeline: .taps text -> a validated, checked `ir.Spec`.
+
+1. parse every file (tapsc/syntax.py);
+2. build the settings document (tapsc/sections.py): the built-in library blocks
+   first, then the file, whose `include`s apply their file where they stand;
+   later declarations override earlier ones field by field;
+3. apply `--set path=value` overrides (tapsc/overrides.py);
+4. lower: expand blocks and `repeat` (tapsc/blocks.py), fill defaults that depend
+   on other sections (input shape, phase starts, marker split);
+5. validate with pydantic, mapping each error back to the span of its value;
+6. run the named semantic checks (tapsc/check.py).
+
+Each pass reports all its errors together as one `TapscError`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import ValidationError
+
+from tapsc import ir
+from tapsc.build_ir import BlockDef, Table
+from tapsc.diagnostics import register_source
+from tapsc.errors import Diagnostic, TapscError
+from tapsc.ir import Span
+from tapsc.syntax import String, parse_file
+
+__all__ = ["load_spec", "load_spec_text", "build_document", "library_files"]
+
+def library_files() -> list[tuple[str, str]]:
+    """(display name, text) of every built-in library file, sorted by name."""
+    folder = importlib.resources.files("tapsc") / "library"
+    entries = sorted((e for e in folder.iterdir() if e.name.endswith(".taps")), key=lambda e: e.name)
+    return [(f"<library>/{e.name}", e.read_text(encoding="utf-8")) for e in entries]
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ir.Spec:
+    """Load, validate and check the spec at ``path``.
+
+    Args:
+        path: a .taps file; its includes resolve relative to its folder.
+        overrides: ``--set`` strings such as ``"optimizer.lr=1e-3"``.
+
+    Raises:
+        TapscError: every user mistake, with spans (a missing file included).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise TapscError(Diagnostic(code="file-not-found", message=f"cannot read spec `{path}`",
+                                    help=getattr(error, "strerror", None) or str(error))) from None
+    return load_spec_text(text, str(path), overrides)
+
+
+def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = ()) -> ir.Spec:
+    """Like `load_spec` for spec text; includes resolve relative to ``filename``'s folder.
+
+    >>> spec = load_spec_text('''
+    ... data mnist { batch 256 }
+    ... model { flatten; linear(100); relu; linear(10) }
+    ... perturbation linf { eps 0.1 }
+    ... method { phase ibp }
+    ... optimizer adam { epochs 10 }
+    ... ''')
+    >>> spec.model.input_shape, spec.data.batch
+    ((1, 28, 28), 256)
+    """
+    document, blocks, main_span = build_document(text, filename, overrides)
+    spec = validate(document, blocks, main_span)
+    from tapsc.check import run_checks
+
+    problems = run_checks(spec)
+    if problems:
+        raise TapscError(problems)
+    return spec
+
+
+# ---------------------------------------------------------------- building the document
+
+
+class _Loader:
+    def __init__(self) -> None:
+        self.doc = Table()
+        self.blocks: dict[str, BlockDef] = {}
+        self.problems: list[Diagnostic] = []
+        self.stack: list[Path] = []
+
+    def apply_text(self, text: str, filename: str, library: bool = False) -> None:
+        from tapsc.sections import apply_file
+
+        register_source(filename, text)
+        try:
+            statements = parse_file(text, filename)
+        except TapscError as error:
+            self.problems.extend(error.diagnostics)
+            return
+        base = Path(filename).resolve().parent if not filename.startswith("<") else Path.cwd()
+        apply_file(statements, self.doc, self.blocks, self.problems, lambda s: self.include(s, base), library)
+
+    def include(self, target: String, base: Path) -> None:
+        path = (base / target.value).resolve()
+        if path in self.stack:
+            chain = " -> ".join(p.name for p in [*self.stack[self.stack.index(path):], path])
+            self.problems.append(Diagnostic(code="include-cycle", message=f"`{target.value}` includes itself",
+                                            span=target.span, help=f"include chain: {chain}"))
+            return
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            self.problems.append(Diagnostic(code="include-not-found", message=f"cannot read `{target.value}`",
+                                            span=target.span, help=f"looked for {path} (relative to the including "
+                                            "file's folder)"))
+            return
+        self.stack.append(path)
+        try:
+            self.apply_text(text, _display(path))
+        finally:
+            self.stack.pop()
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def build_document(text: str, filename: str, overrides: Sequence[str] = ()):
+    """Parse and merge library, file, includes and overrides; raises on any problem."""
+    from tapsc.overrides import apply_override
+
+    loader = _Loader()
+    for name, library_text in library_files():
+        loader.apply_text(library_text, name, library=True)
+    if filename not in ("<string>",) and not filename.startswith("<"):
+        loader.stack.append(Path(filename).resolve())
+    loader.apply_text(text, filename)
+    if not loader.problems:
+        for index, override in enumerate(overrides, start=1):
+            apply_override(loader.doc, override, f"<--set {index}>", loader.problems)
+    if loader.problems:
+        raise TapscError(loader.problems)
+    # A missing section is reported at the end of the main file, where it could be added.
+    lines = text.splitlines() or [""]
+    end = len(lines[-1]) + 1
+    main_span = Span(file=filename, line=len(lines), column=end, end_line=len(lines), end_column=end + 1)
+    return loader.doc, loader.blocks, main_span
+
+
+# ---------------------------------------------------------------- lowering and validation
+
+
+def validate(doc: Table, blocks: dict[str, BlockDef], main_span: Span) -> ir.Spec:
+    """Lower the document and validate it against the IR schema."""
+    from tapsc.lowering import lower, schema_diagnostics
+
+    plain, spans, problems = lower(doc, blocks)
+    if problems:
+        raise TapscError(problems)
+    try:
+        return ir.Spec.model_validate(plain)
+    except ValidationError as error:
+        raise TapscError(schema_diagnostics(error, spans, main_span)) from None
