@@ -1,0 +1,96 @@
+"""Affine layer kinds with weights: conv and linear (centre/radius interval form).
+
+For y = W x + b over the box with centre c = (lo + hi) / 2 and radius r = (hi - lo) / 2,
+the tight bounds are W c + b -+ |W| r. We use this form rather than W+ lo + W- hi
+because it costs two products instead of four and has the same result in real
+arithmetic.
+
+Shape legend: B batch, C input channels, O output channels/features, H/W spatial, I input features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tapsc import ir
+from tapsc.layers.base import BoundLayer, register_layer
+from tapsc.shapes import Shape, ShapeError, layer_output_shape
+
+
+def _centre_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (hi + lo) / 2, (hi - lo) / 2
+
+
+@register_layer("conv")
+class Conv(BoundLayer):
+    """2-d convolution; parameters ``weight`` (O, C, k, k) and ``bias`` (O,) as in nn.Conv2d."""
+
+    def __init__(self, in_channels: int, node: ir.Conv):
+        super().__init__()
+        # Borrow nn.Conv2d's default initialisation, then keep only the parameters.
+        reference = nn.Conv2d(in_channels, node.out_channels, node.kernel, node.stride, node.padding,
+                              bias=node.bias)
+        self.weight = reference.weight
+        self.bias = reference.bias
+        self.stride = node.stride
+        self.padding = node.padding
+
+    @classmethod
+    def build(cls, node: ir.Conv, in_shape: Shape):
+        out_shape = layer_output_shape(node, in_shape)
+        return cls(in_shape[0], node), out_shape
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x_BCHW, self.weight, self.bias, self.stride, self.padding)
+
+    def interval(self, lo_BCHW, hi_BCHW):
+        c_BCHW, r_BCHW = _centre_radius(lo_BCHW, hi_BCHW)
+        c_BOHW = F.conv2d(c_BCHW, self.weight, self.bias, self.stride, self.padding)
+        r_BOHW = F.conv2d(r_BCHW, self.weight.abs(), None, self.stride, self.padding)
+        return c_BOHW - r_BOHW, c_BOHW + r_BOHW
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight[0].numel()
+
+    def extra_repr(self) -> str:
+        out_c, in_c, k, _ = self.weight.shape
+        return f"{in_c}, {out_c}, kernel={k}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+
+
+@register_layer("linear")
+class Linear(BoundLayer):
+    """Fully connected layer; parameters ``weight`` (O, I) and ``bias`` (O,) as in nn.Linear."""
+
+    def __init__(self, in_features: int, node: ir.Linear):
+        super().__init__()
+        reference = nn.Linear(in_features, node.out_features, bias=node.bias)
+        self.weight = reference.weight
+        self.bias = reference.bias
+
+    @classmethod
+    def build(cls, node: ir.Linear, in_shape: Shape):
+        out_shape = layer_output_shape(node, in_shape)
+        declared = getattr(node, "in_features", None)
+        if declared is not None and declared != in_shape[0]:
+            raise ShapeError(node, f"linear declares in_features={declared} but receives {in_shape[0]} features",
+                             f"write in_features={in_shape[0]} or drop it")
+        return cls(in_shape[0], node), out_shape
+
+    def forward(self, x_BI: torch.Tensor) -> torch.Tensor:
+        return F.linear(x_BI, self.weight, self.bias)
+
+    def interval(self, lo_BI, hi_BI):
+        c_BI, r_BI = _centre_radius(lo_BI, hi_BI)
+        c_BO = F.linear(c_BI, self.weight, self.bias)
+        r_BO = F.linear(r_BI, self.weight.abs())
+        return c_BO - r_BO, c_BO + r_BO
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[1]
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, bias={self.bias is not None}"

@@ -1,0 +1,103 @@
+"""The layer registry and the base class every layer kind derives from.
+
+A layer kind is one small ``nn.Module`` class with two interpretations side by side:
+``forward(x)`` (concrete) and ``interval(lo, hi)`` (interval arithmetic, IBP). Kinds are
+registered under their IR keyword with ``@register_layer("conv")``; the compiler looks
+them up in ``LAYERS`` and never by name mangling.
+
+Soundness: every ``interval`` returns bounds that contain ``forward(x)`` for every ``x``
+in the input box, exactly in real arithmetic. Monotone kinds (relu, pools, flatten,
+normalize, per-channel affine batchnorm) are also exactly sound in floating point,
+because rounding is monotone. Conv and linear use the centre/radius form, whose
+accumulated rounding can move a bound by a few float32 ulps of ``|W|(|c| + r)``;
+use ``widen`` on final bounds where strict float soundness matters (certification).
+
+Shape legend: B batch, C channels, H height, W width, D features.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+from torch import nn
+
+from tapsc import ir
+from tapsc.shapes import Shape
+
+LAYERS: dict[str, type["BoundLayer"]] = {}
+
+L = TypeVar("L", bound=type["BoundLayer"])
+
+
+def register_layer(kind: str) -> Callable[[L], L]:
+    """Register a layer class under its IR ``kind`` (e.g. ``"conv"``)."""
+
+    def decorate(cls: L) -> L:
+        if kind in LAYERS:
+            raise ValueError(f"layer kind {kind!r} registered twice ({LAYERS[kind].__name__}, {cls.__name__})")
+        LAYERS[kind] = cls
+        cls.kind = kind
+        return cls
+
+    return decorate
+
+
+class BoundLayer(nn.Module):
+    """One layer with a concrete and an interval interpretation.
+
+    Subclasses implement ``build`` and ``forward``. The default ``interval`` applies
+    ``forward`` to both bounds, which is sound (and tight) for monotone
+    non-decreasing maps; affine kinds override it.
+    """
+
+    kind: str = ""
+
+    @classmethod
+    def build(cls, node: ir.Node, in_shape: Shape) -> tuple["BoundLayer", Shape]:
+        """Create the layer for IR ``node`` taking inputs of ``in_shape`` (no batch dim)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds on the output over the box [lo, hi] (monotone default)."""
+        return self.forward(lo), self.forward(hi)
+
+
+def build_layers(layers_ir: tuple[ir.Node, ...], in_shape: Shape) -> tuple[list[BoundLayer], Shape]:
+    """Build registered layers for a sequence of IR nodes; returns them and the output shape."""
+    built = []
+    shape = tuple(in_shape)
+    for node in layers_ir:
+        cls = LAYERS.get(node.kind)
+        if cls is None:
+            raise KeyError(f"no layer class registered for kind {node.kind!r} (known: {sorted(LAYERS)})")
+        layer, shape = cls.build(node, shape)
+        built.append(layer)
+    return built, shape
+
+
+def run_forward(layers, x: torch.Tensor) -> torch.Tensor:
+    """Concrete forward through a sequence of layers."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def run_interval(layers, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval forward through a sequence of layers."""
+    for layer in layers:
+        lo, hi = layer.interval(lo, hi)
+    return lo, hi
+
+
+def widen(lo: torch.Tensor, hi: torch.Tensor, rel: float = 1e-5, abs_: float = 1e-6):
+    """Widen a box by a relative + absolute margin to absorb float rounding of affine layers.
+
+    The margin is ``rel * max(|lo|, |hi|) + abs_`` on each side; intended for final
+    bounds used to certify, not for training losses.
+    """
+    margin = rel * torch.maximum(lo.abs(), hi.abs()) + abs_
+    return lo - margin, hi + margin

@@ -1,0 +1,109 @@
+"""Parameter-free layer kinds: relu, flatten, identity, max and average pooling, normalize.
+
+Every kind here is monotone non-decreasing in each input, so the inherited interval
+rule (apply forward to both bounds) is tight, and it stays sound in floating point
+because rounding is monotone too. That is why avgpool and normalize use it rather
+than the centre/radius form of the weighted affine kinds.
+
+Shape legend: B batch, C channels, H/W spatial.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tapsc import ir
+from tapsc.errors import Diagnostic, TapscError
+from tapsc.layers.base import BoundLayer, register_layer
+from tapsc.shapes import Shape, layer_output_shape
+
+
+@register_layer("relu")
+class ReLU(BoundLayer):
+    @classmethod
+    def build(cls, node, in_shape: Shape):
+        return cls(), tuple(in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+@register_layer("flatten")
+class Flatten(BoundLayer):
+    @classmethod
+    def build(cls, node, in_shape: Shape):
+        return cls(), layer_output_shape(ir.Flatten(), tuple(in_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+@register_layer("identity")
+class Identity(BoundLayer):
+    """No-op; the empty shortcut of a residual block."""
+
+    @classmethod
+    def build(cls, node, in_shape: Shape):
+        return cls(), tuple(in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Pool(BoundLayer):
+    def __init__(self, node: ir.AvgPool | ir.MaxPool):
+        super().__init__()
+        self.kernel = node.kernel
+        self.stride = node.stride or node.kernel
+        self.padding = node.padding
+
+    @classmethod
+    def build(cls, node, in_shape: Shape):
+        return cls(node), layer_output_shape(node, tuple(in_shape))
+
+
+@register_layer("maxpool")
+class MaxPool(_Pool):
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x_BCHW, self.kernel, self.stride, self.padding)
+
+
+@register_layer("avgpool")
+class AvgPool(_Pool):
+    """Average pooling; zero padding counts in the average (PyTorch's default)."""
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x_BCHW, self.kernel, self.stride, self.padding)
+
+
+@register_layer("normalize")
+class Normalize(BoundLayer):
+    """(x - mean) / std per channel; the first layer when the spec normalises.
+
+    Inputs stay in [0, 1] pixel units, so eps is never rescaled. ``mean`` and ``std``
+    are buffers (in the state dict, so exporters see them).
+    """
+
+    def __init__(self, mean_C: torch.Tensor, std_C: torch.Tensor, ndim: int):
+        super().__init__()
+        view = (-1,) + (1,) * (ndim - 1)
+        self.register_buffer("mean", mean_C.reshape(view))
+        self.register_buffer("std", std_C.reshape(view))
+
+    @classmethod
+    def build(cls, node: ir.Normalize, in_shape: Shape):
+        channels = in_shape[0]
+        if len(node.mean) != len(node.std) or len(node.mean) not in (1, channels):
+            raise TapscError(Diagnostic(
+                code="normalize-channels",
+                message=f"normalize has {len(node.mean)} means and {len(node.std)} stds "
+                        f"but the input has {channels} channels",
+                span=node.span,
+                help=f"give one value or {channels} values for both mean and std"))
+        mean = torch.tensor(node.mean, dtype=torch.float32)
+        std = torch.tensor(node.std, dtype=torch.float32)
+        return cls(mean, std, len(in_shape)), tuple(in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

@@ -1,0 +1,94 @@
+"""Gradient connectors: how the latent adversarial point passes gradient to the box bounds.
+
+PGD's result z_hat depends on the latent box [z_lo, z_hi] only through its projection,
+which has no useful derivative. The connector is an autograd Function whose forward
+returns z_hat unchanged and whose backward sends, per dimension (no cross terms),
+
+    d z / d z_lo = max(0, 1 - (z_hat - z_lo) / (c (z_hi - z_lo)))
+    d z / d z_hi = max(0, 1 - (z_hi - z_hat) / (c (z_hi - z_lo)))
+
+c = 0 is the binary connector (gradient only where z_hat sits on a bound), c = 1 the
+linear one, 0 < c < 1 the rectified linear one. Where z_hi == z_lo both are 0.5.
+z_hat may carry extra leading estimator dimensions (B, E, ...) over bounds (B, 1, ...);
+the gradients of all estimators are summed onto the shared bounds.
+
+Shape legend: B batch, E estimators, Z... latent dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from tapsc import ir
+
+CONNECTORS: dict[str, Callable[[ir.Connector], float]] = {}
+
+
+def register_connector(kind: str):
+    """Register a function mapping the connector IR node to its c."""
+
+    def decorate(fn):
+        CONNECTORS[kind] = fn
+        return fn
+
+    return decorate
+
+
+@register_connector("rectified_linear")
+def _rectified_linear(node: ir.Connector) -> float:
+    return node.c
+
+
+@register_connector("linear")
+def _linear(node: ir.Connector) -> float:
+    return 1.0
+
+
+@register_connector("binary")
+def _binary(node: ir.Connector) -> float:
+    return 0.0
+
+
+def connector_weights(z_hat, z_lo, z_hi, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-dimension derivatives (d z / d z_lo, d z / d z_hi), broadcast to z_hat's shape."""
+    width = z_hi - z_lo
+    degenerate = width <= 0
+    if c == 0:
+        d_lo = (z_hat <= z_lo).to(z_hat.dtype)
+        d_hi = (z_hat >= z_hi).to(z_hat.dtype)
+    else:
+        safe = torch.where(degenerate, torch.ones_like(width), width) * c
+        d_lo = (1 - (z_hat - z_lo) / safe).clamp(min=0)
+        d_hi = (1 - (z_hi - z_hat) / safe).clamp(min=0)
+    half = torch.full_like(d_lo, 0.5)
+    return torch.where(degenerate, half, d_lo), torch.where(degenerate, half, d_hi)
+
+
+class _Connect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z_hat, z_lo, z_hi, c):
+        ctx.save_for_backward(z_hat, z_lo, z_hi)
+        ctx.c = c
+        return z_hat.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z_hat, z_lo, z_hi = ctx.saved_tensors
+        d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, ctx.c)
+        grad_lo = (grad_out * d_lo).sum_to_size(z_lo.shape) if ctx.needs_input_grad[1] else None
+        grad_hi = (grad_out * d_hi).sum_to_size(z_hi.shape) if ctx.needs_input_grad[2] else None
+        return None, grad_lo, grad_hi, None
+
+
+def connect(z_hat: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, c: float) -> torch.Tensor:
+    """z_hat (detached) as a differentiable function of the box bounds with parameter c in [0, 1]."""
+    if not 0 <= c <= 1:
+        raise ValueError(f"connector parameter c must be in [0, 1], got {c}")
+    return _Connect.apply(z_hat.detach(), z_lo, z_hi, float(c))
+
+
+def connect_with(node: ir.Connector, z_hat, z_lo, z_hi) -> torch.Tensor:
+    """``connect`` with c taken from the connector IR node (by its kind)."""
+    return connect(z_hat, z_lo, z_hi, CONNECTORS[node.kind](node))

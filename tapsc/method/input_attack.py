@@ -1,0 +1,76 @@
+"""PGD in input space (Madry et al.), batched over restarts.
+
+The box is clip(x -+ eps, 0, 1) in [0, 1] pixel units (or any explicit [lo, hi]).
+Every restart starts uniformly at random in the box and they run as one (R*B) batch;
+the best iterate per sample over restarts and steps (random starts included) wins.
+Step size: ``step_size * eps`` (IR fraction), default 2.5 / steps of eps (Madry).
+
+In training mode BatchNorm must not see the attack batch: the attack runs under
+``network.frozen_batchnorm(detach=True)``, so the clean forward of the batch must come
+first (see tapsc.layers.batchnorm).
+
+Shape legend: B batch, R restarts, K classes.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from tapsc import ir
+
+
+def margin_objective(logits_BK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+    """max_{i != y} o_i - o_y per sample (positive: misclassified)."""
+    true_B = logits_BK.gather(1, y_B[:, None])[:, 0]
+    others_BK = logits_BK.scatter(1, y_B[:, None], float("-inf"))
+    return others_BK.max(1).values - true_B
+
+
+def ce_objective(logits_BK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_BK, y_B, reduction="none")
+
+
+OBJECTIVES = {"ce": ce_objective, "margin": margin_objective}
+
+
+def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The l_inf ball around x intersected with [0, 1]."""
+    return (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+
+
+def pgd_attack(network, x: torch.Tensor, y: torch.Tensor, eps: float, attack: ir.InputAttack,
+               lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
+    """Maximise the attack objective over the box; returns (x_adv (B, ...), objective (B,)), detached.
+
+    ``lo``/``hi`` override the default box clip(x -+ eps, 0, 1).
+    """
+    if lo is None or hi is None:
+        lo, hi = input_box(x, eps)
+    objective = OBJECTIVES[attack.loss]
+    restarts, batch = attack.restarts, x.shape[0]
+    lo_R, hi_R = lo.detach().repeat((restarts,) + (1,) * (x.dim() - 1)), hi.detach().repeat(
+        (restarts,) + (1,) * (x.dim() - 1))
+    y_R = y.repeat(restarts)
+    step = (attack.step_size if attack.step_size is not None else 2.5 / attack.steps) * eps
+    x_adv = lo_R + torch.rand_like(lo_R) * (hi_R - lo_R)
+    best_x, best_value = x_adv.clone(), torch.full((restarts * batch,), float("-inf"), device=x.device)
+    # Any nn.Module works (e.g. a BN-folded export network); a tapsc Network freezes BatchNorm.
+    frozen = network.frozen_batchnorm(detach=True) if hasattr(network, "frozen_batchnorm") else nullcontext()
+    with frozen, torch.enable_grad():
+        for index in range(attack.steps + 1):
+            x_adv.requires_grad_(True)
+            value = objective(network(x_adv), y_R)
+            improved = value.detach() > best_value
+            best_value = torch.where(improved, value.detach(), best_value)
+            best_x[improved] = x_adv.detach()[improved]
+            if index == attack.steps:
+                break
+            grad, = torch.autograd.grad(value.sum(), x_adv)
+            x_adv = torch.minimum(torch.maximum(x_adv.detach() + step * grad.sign(), lo_R), hi_R)
+    value_RB = best_value.reshape(restarts, batch)
+    winner_B = value_RB.argmax(0)
+    rows_B = winner_B * batch + torch.arange(batch, device=x.device)
+    return best_x[rows_B], value_RB.max(0).values

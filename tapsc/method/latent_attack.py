@@ -1,0 +1,127 @@
+"""Multi-estimator PGD in the latent box, and the TAPS bound estimates it gives.
+
+For each sample and each wrong class i (K - 1 estimators) and each restart, PGD
+maximises the raw margin o_i - o_y of the classifier inside [z_lo, z_hi]. All
+B * (K - 1) * R rows are one batched tensor computation (a Python loop runs only over
+steps, and over memory chunks of samples when ``estimation_batch`` caps the rows).
+The single-estimator option runs one attack per sample on the CE loss instead.
+
+Choices (the authors' code): uniform random start per restart; step
+z <- clip(z + sign(g) * lr * (z_hi - z_lo), z_lo, z_hi); lr0 = step_size or
+max(0.2, 2 / steps), decayed x0.1 at 0.7 * steps; the best iterate per row is kept,
+random start included. Performance: the bounds are detached and BatchNorm uses the
+clean batch's detached statistics, so attack steps never backpropagate into the
+extractor and never touch running statistics. Only the final pass of the chosen
+points (through the connector) is differentiable.
+
+Shape legend: B batch, E estimators (K - 1 or 1), R restarts, K classes, Z... latent dims.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tapsc import ir
+from tapsc.method.connectors import connect_with
+
+LR_DECAY_AT = 0.7
+LR_DECAY = 0.1
+
+
+def wrong_classes(y_B: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K-1) the classes other than y, in increasing order."""
+    j_E = torch.arange(num_classes - 1, device=y_B.device)
+    return j_E[None, :] + (j_E[None, :] >= y_B[:, None]).long()
+
+
+def _objective(logits_NK, y_N, wrong_N):
+    """Raw margin o_wrong - o_y (multi) or CE (single: wrong_N is None), per row."""
+    if wrong_N is None:
+        return F.cross_entropy(logits_NK, y_N, reduction="none")
+    return logits_NK.gather(1, wrong_N[:, None])[:, 0] - logits_NK.gather(1, y_N[:, None])[:, 0]
+
+
+def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.LatentAttack, multi: bool):
+    """Attack one chunk of samples; returns the best point per (sample, estimator), (B, E, *Z)."""
+    batch, restarts, latent = lo_B.shape[0], attack.restarts, tuple(lo_B.shape[1:])
+    view = (batch, 1, 1) + latent
+    lo, hi = lo_B.reshape(view), hi_B.reshape(view)
+    width = hi - lo
+    rows = batch * estimators * restarts
+    y_N = y_B[:, None, None].expand(batch, estimators, restarts).reshape(rows)
+    wrong_N = None
+    if multi:
+        wrong_BE = wrong_classes(y_B, estimators + 1)
+        wrong_N = wrong_BE[:, :, None].expand(batch, estimators, restarts).reshape(rows)
+    z = lo + torch.rand((batch, estimators, restarts) + latent, device=lo.device, dtype=lo.dtype) * width
+    best_z, best_value = z.clone(), torch.full((rows,), float("-inf"), device=lo.device, dtype=lo.dtype)
+    lr0 = attack.step_size if attack.step_size is not None else max(0.2, 2 / attack.steps)
+    decay_step = math.ceil(LR_DECAY_AT * attack.steps)
+    for step in range(attack.steps + 1):
+        z.requires_grad_(True)
+        value_N = _objective(classifier(z.reshape((rows,) + latent)), y_N, wrong_N)
+        improved_N = value_N.detach() > best_value
+        best_value = torch.where(improved_N, value_N.detach(), best_value)
+        best_z = torch.where(improved_N.reshape((batch, estimators, restarts) + (1,) * len(latent)),
+                             z.detach(), best_z)
+        if step == attack.steps:
+            break
+        grad, = torch.autograd.grad(value_N.sum(), z)
+        lr = lr0 * (LR_DECAY if step >= decay_step else 1.0)
+        z = torch.minimum(torch.maximum(z.detach() + grad.sign() * lr * width, lo), hi)
+    winner_BE = best_value.reshape(batch, estimators, restarts).argmax(2)
+    index = winner_BE.reshape((batch, estimators, 1) + (1,) * len(latent)).expand(
+        (batch, estimators, 1) + latent)
+    return best_z.gather(2, index)[:, :, 0]
+
+
+def latent_attack(network, z_lo: torch.Tensor, z_hi: torch.Tensor, y: torch.Tensor,
+                  attack: ir.LatentAttack) -> torch.Tensor:
+    """Best latent points per (sample, estimator), (B, E, *Z), detached.
+
+    Requires the clean forward of the batch first when the network is in training mode.
+    """
+    multi = attack.estimator == "multi"
+    estimators = network.num_classes - 1 if multi else 1
+    lo, hi = z_lo.detach(), z_hi.detach()
+    per_chunk = lo.shape[0]
+    if attack.estimation_batch is not None:
+        per_chunk = max(1, attack.estimation_batch // (estimators * attack.restarts))
+    chunks = []
+    with network.frozen_batchnorm(detach=True), torch.enable_grad():
+        for start in range(0, lo.shape[0], per_chunk):
+            part = slice(start, start + per_chunk)
+            chunks.append(_attack_chunk(network.classifier, lo[part], hi[part], y[part], estimators,
+                                        attack, multi))
+    return torch.cat(chunks)
+
+
+def margins_at(network, z_BE: torch.Tensor, y: torch.Tensor, multi: bool) -> torch.Tensor:
+    """(B, K) estimated o_i - o_y (0 at y) from the classifier at the chosen points.
+
+    Multi: estimator e gives the margin of its own wrong class; single: every margin
+    is read at the one point. BatchNorm uses the clean batch's live statistics.
+    """
+    batch, estimators = z_BE.shape[:2]
+    with network.frozen_batchnorm(detach=False):
+        logits_BEK = network.classifier(z_BE.flatten(0, 1)).reshape(batch, estimators, -1)
+    true_BE = logits_BEK.gather(2, y[:, None, None].expand(batch, estimators, 1))[:, :, 0]
+    if not multi:
+        return logits_BEK[:, 0] - true_BE
+    wrong_BE = wrong_classes(y, logits_BEK.shape[2])
+    margin_BE = logits_BEK.gather(2, wrong_BE[:, :, None])[:, :, 0] - true_BE
+    return torch.zeros_like(logits_BEK[:, 0]).scatter(1, wrong_BE, margin_BE)
+
+
+def taps_margins(network, z_lo, z_hi, y, attack: ir.LatentAttack, connector: ir.Connector) -> torch.Tensor:
+    """TAPS estimates of the upper bounds of o_i - o_y, (B, K), 0 at y.
+
+    Differentiable with respect to the classifier's parameters (concrete forward) and,
+    through the connector, with respect to the latent box bounds.
+    """
+    z_BE = latent_attack(network, z_lo, z_hi, y, attack)
+    z_BE = connect_with(connector, z_BE, z_lo[:, None], z_hi[:, None])
+    return margins_at(network, z_BE, y, attack.estimator == "multi")

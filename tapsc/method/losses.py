@@ -1,0 +1,82 @@
+"""Training losses on bounds of the logit differences o_i - o_y.
+
+Every robust loss is cross-entropy on the pseudo-logits (upper bound of o_i - o_y for
+i != y, 0 for y): ln(1 + sum_{i != y} exp(upper_i)).
+
+IBP bounds of o_i - o_y: the box is propagated to the input of the last layer, and
+when that layer is linear its DIFFERENCE rows (w_i - w_y, b_i - b_y) are applied to
+the box directly. That is sound and never looser than subtracting interval bounds of
+the logits (upper_i - lower_y), which is the fallback for any other last layer.
+
+Shape legend: B batch, K classes, D features at the last layer's input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tapsc import ir
+from tapsc.layers import Linear
+from tapsc.method.input_attack import input_box, pgd_attack
+
+
+def bound_ce(upper_BK: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """CE on the pseudo-logits; ``upper_BK`` must be 0 (or anything: it is zeroed) at y."""
+    pseudo_BK = upper_BK.scatter(1, y[:, None], 0.0)
+    return F.cross_entropy(pseudo_BK, y, reduction=reduction)
+
+
+def margin_upper_last(network, lo_BD: torch.Tensor, hi_BD: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Upper bounds of o_i - o_y (B, K), 0 at y, from the box at the LAST layer's input."""
+    last = network.layers[-1]
+    if not isinstance(last, Linear):
+        lo_BK, hi_BK = last.interval(lo_BD, hi_BD)
+        upper_BK = hi_BK - lo_BK.gather(1, y[:, None])
+        return upper_BK.scatter(1, y[:, None], 0.0)
+    c_BD, r_BD = (hi_BD + lo_BD) / 2, (hi_BD - lo_BD) / 2
+    w_BKD = last.weight[None] - last.weight[y][:, None]
+    upper_BK = torch.einsum("bkd,bd->bk", w_BKD, c_BD) + torch.einsum("bkd,bd->bk", w_BKD.abs(), r_BD)
+    if last.bias is not None:
+        upper_BK = upper_BK + (last.bias[None] - last.bias[y][:, None])
+    return upper_BK.scatter(1, y[:, None], 0.0)
+
+
+def ibp_margin_upper(network, lo: torch.Tensor, hi: torch.Tensor, y: torch.Tensor, start: int = 0):
+    """Sound upper bounds of o_i - o_y (B, K), 0 at y, for the box [lo, hi] at ``layers[start]``."""
+    last = len(network.layers) - 1
+    if start > last:
+        raise ValueError(f"start {start} is past the last layer ({last})")
+    lo, hi = network.interval(lo, hi, start, last)
+    return margin_upper_last(network, lo, hi, y)
+
+
+def natural_loss(network, x, y, logits=None) -> torch.Tensor:
+    """Mean CE of the clean logits (pass ``logits`` to reuse a forward already done)."""
+    return F.cross_entropy(network(x) if logits is None else logits, y)
+
+
+def ibp_loss(network, x, y, eps: float) -> torch.Tensor:
+    """Mean IBP loss over the box clip(x -+ eps, 0, 1)."""
+    lo, hi = input_box(x, eps)
+    return bound_ce(ibp_margin_upper(network, lo, hi, y), y)
+
+
+def pgd_loss(network, x, y, eps: float, attack: ir.InputAttack) -> torch.Tensor:
+    """Madry's loss: mean CE at the PGD point; BatchNorm reuses the clean batch's statistics."""
+    x_adv, _ = pgd_attack(network, x, y, eps, attack)
+    with network.frozen_batchnorm(detach=False):
+        return F.cross_entropy(network(x_adv), y)
+
+
+def combine_scaled(l_taps: torch.Tensor, l_ibp: torch.Tensor, weight: float) -> torch.Tensor:
+    """L_TAPS * L_IBP whose gradient is 2a dL_TAPS L_IBP + (2 - 2a) dL_IBP L_TAPS (App. A).
+
+    a = w / (1 + w), i.e. w = a / (1 - a); w = 1 is the plain product rule. The value is
+    the product; each factor's gradient is rescaled with a detach trick
+    (s * f + (1 - s) * f.detach() has value f and gradient s df).
+    """
+    a = weight / (1.0 + weight)
+    taps_scaled = 2 * a * l_taps + (1 - 2 * a) * l_taps.detach()
+    ibp_scaled = (2 - 2 * a) * l_ibp + (2 * a - 1) * l_ibp.detach()
+    return taps_scaled * ibp_scaled

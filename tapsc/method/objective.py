@@ -1,0 +1,123 @@
+"""``phase_loss``: the one training-step entry point, dispatching on the phase kind.
+
+Every phase first runs the clean forward of the batch (it records BatchNorm's batch
+statistics, which the interval and attack passes reuse, and gives the running natural
+accuracy), then adds its robust loss:
+
+- natural: CE of the clean logits.
+- pgd: CE at the PGD point (Madry).
+- ibp: IBP loss (eps = 0 is plain CE) + Shi regularizer during the ramp.
+- sabr: IBP loss of SABR's small box + Shi regularizer during the ramp.
+- taps: L_TAPS * L_IBP of batch means with App. A gradient scaling by w; the IBP factor
+  is the classifier's IBP on the same latent box (as in the authors' code).
+- staps: as taps, on SABR's small box instead of the eps box.
+An L1 penalty ``l1 * l1_penalty(network)`` is added when ``l1 > 0``.
+
+Shape legend: B batch, K classes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from tapsc import ir
+from tapsc.method import losses
+from tapsc.method.input_attack import input_box
+from tapsc.method.latent_attack import taps_margins
+from tapsc.method.regularizers import l1_penalty, shi_regularizer_from_trace, shi_weight
+from tapsc.method.sabr import sabr_box
+
+LOSSES: dict[str, Callable] = {}
+
+
+def register_loss(kind: str):
+    """Register the robust-loss function of a phase kind: fn(network, phase, x, y, eps, eps_target,
+    logits) -> (loss, terms)."""
+
+    def decorate(fn):
+        LOSSES[kind] = fn
+        return fn
+
+    return decorate
+
+
+def phase_loss(network, phase: ir.Node, x: torch.Tensor, y: torch.Tensor, eps: float, eps_target: float,
+               l1: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of one batch (x in [0, 1] pixels) under ``phase``.
+
+    Returns:
+        (loss, terms): terms holds floats, always "loss", "nat_correct" (correct clean
+        predictions in the batch) and "count" (batch size), plus the phase's parts
+        ("ce", "ibp", "taps", "reg", "l1", ...).
+    """
+    logits = network(x)  # clean forward first: sets BatchNorm's batch statistics
+    loss, terms = LOSSES[phase.kind](network, phase, x, y, eps, eps_target, logits)
+    if l1 > 0:
+        penalty = l1_penalty(network)
+        loss = loss + l1 * penalty
+        terms["l1"] = float(penalty.detach())
+    terms["loss"] = float(loss.detach())
+    terms["nat_correct"] = float((logits.detach().argmax(1) == y).sum())
+    terms["count"] = float(y.shape[0])
+    return loss, terms
+
+
+@register_loss("natural")
+def _natural(network, phase, x, y, eps, eps_target, logits):
+    loss = losses.natural_loss(network, x, y, logits)
+    return loss, {"ce": float(loss.detach())}
+
+
+@register_loss("pgd")
+def _pgd(network, phase: ir.PGDPhase, x, y, eps, eps_target, logits):
+    loss = losses.pgd_loss(network, x, y, eps, phase.attack)
+    return loss, {"pgd": float(loss.detach())}
+
+
+def _bound_loss_with_regularizer(network, lo, hi, y, lambda_reg, eps, eps_target):
+    """IBP loss of the box [lo, hi] plus the weighted Shi regularizer (one interval pass)."""
+    weight = shi_weight(lambda_reg, eps, eps_target)
+    if weight == 0:
+        loss = losses.bound_ce(losses.ibp_margin_upper(network, lo, hi, y), y)
+        return loss, {"ibp": float(loss.detach())}
+    trace = network.interval_trace(lo, hi, 0, len(network.layers) - 1)
+    loss = losses.bound_ce(losses.margin_upper_last(network, *trace[-1], y), y)
+    reg = shi_regularizer_from_trace(network, lo, hi, trace)
+    return loss + weight * reg, {"ibp": float(loss.detach()), "reg": float(reg.detach())}
+
+
+@register_loss("ibp")
+def _ibp(network, phase: ir.IBPPhase, x, y, eps, eps_target, logits):
+    if eps == 0:
+        loss = losses.natural_loss(network, x, y, logits)  # IBP of a point box is the clean CE
+        return loss, {"ibp": float(loss.detach())}
+    lo, hi = input_box(x, eps)
+    return _bound_loss_with_regularizer(network, lo, hi, y, phase.shi_regularizer, eps, eps_target)
+
+
+@register_loss("sabr")
+def _sabr(network, phase: ir.SABRPhase, x, y, eps, eps_target, logits):
+    lo, hi = sabr_box(network, x, y, eps, phase.sabr_lambda, phase.attack)
+    return _bound_loss_with_regularizer(network, lo, hi, y, phase.shi_regularizer, eps, eps_target)
+
+
+def _taps_on_box(network, phase, lo, hi, y):
+    """The combined TAPS loss for the input box [lo, hi]."""
+    z_lo, z_hi = network.extractor_box(lo, hi)
+    l_ibp = losses.bound_ce(losses.ibp_margin_upper(network, z_lo, z_hi, y, start=network.split), y)
+    l_taps = losses.bound_ce(taps_margins(network, z_lo, z_hi, y, phase.attack, phase.connector), y)
+    loss = losses.combine_scaled(l_taps, l_ibp, phase.weight)
+    return loss, {"taps": float(l_taps.detach()), "ibp": float(l_ibp.detach())}
+
+
+@register_loss("taps")
+def _taps(network, phase: ir.TAPSPhase, x, y, eps, eps_target, logits):
+    return _taps_on_box(network, phase, *input_box(x, eps), y)
+
+
+@register_loss("staps")
+def _staps(network, phase: ir.STAPSPhase, x, y, eps, eps_target, logits):
+    lo, hi = sabr_box(network, x, y, eps, phase.sabr_lambda, phase.input_attack)
+    return _taps_on_box(network, phase, lo, hi, y)

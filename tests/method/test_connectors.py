@@ -1,0 +1,75 @@
+"""Connector gradients equal the formula for hand-placed z_hat."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tapsc import ir
+from tapsc.method.connectors import CONNECTORS, connect, connect_with
+
+# z_lo = 0, z_hi = 2; rows: z_hat on the lower bound, on the upper bound, at 0.5, at 1.0 (centre).
+Z_HAT = [0.0, 2.0, 0.5, 1.0]
+# Expected (d/dz_lo, d/dz_hi) per c, from max(0, 1 - dist / (c * width)) by hand.
+EXPECTED = {
+    0.0: [(1, 0), (0, 1), (0, 0), (0, 0)],
+    0.5: [(1, 0), (0, 1), (0.5, 0), (0, 0)],
+    1.0: [(1, 0), (0, 1), (0.75, 0.25), (0.5, 0.5)],
+}
+
+
+@pytest.mark.parametrize("c", sorted(EXPECTED))
+def test_gradients_match_formula(c):
+    z_lo = torch.zeros(4, requires_grad=True)
+    z_hi = torch.full((4,), 2.0, requires_grad=True)
+    z = connect(torch.tensor(Z_HAT), z_lo, z_hi, c)
+    torch.testing.assert_close(z.detach(), torch.tensor(Z_HAT))  # forward is the identity on z_hat
+    z.sum().backward()
+    expected = torch.tensor(EXPECTED[c], dtype=torch.float32)
+    torch.testing.assert_close(z_lo.grad, expected[:, 0])
+    torch.testing.assert_close(z_hi.grad, expected[:, 1])
+
+
+@pytest.mark.parametrize("c", [0.0, 0.5, 1.0])
+def test_equal_bounds_give_half_each(c):
+    z_lo = torch.tensor([1.0, -3.0], requires_grad=True)
+    z_hi = torch.tensor([1.0, -3.0], requires_grad=True)
+    z = connect(z_lo.detach().clone(), z_lo, z_hi, c)
+    (z * torch.tensor([1.0, 4.0])).sum().backward()
+    torch.testing.assert_close(z_lo.grad, torch.tensor([0.5, 2.0]))
+    torch.testing.assert_close(z_hi.grad, torch.tensor([0.5, 2.0]))
+
+
+def test_estimator_gradients_sum_onto_shared_bounds():
+    z_lo = torch.zeros(1, 1, 3, requires_grad=True)
+    z_hi = torch.full((1, 1, 3), 2.0, requires_grad=True)
+    z_hat = torch.tensor([[[0.0, 2.0, 0.5], [0.0, 1.0, 2.0]]])  # (B=1, E=2, 3)
+    connect(z_hat, z_lo, z_hi, 1.0).sum().backward()
+    torch.testing.assert_close(z_lo.grad, torch.tensor([[[2.0, 0.5, 0.75]]]))
+    torch.testing.assert_close(z_hi.grad, torch.tensor([[[0.0, 1.5, 1.25]]]))
+
+
+def test_upstream_gradient_is_scaled_per_dimension():
+    z_lo = torch.zeros(2, requires_grad=True)
+    z_hi = torch.ones(2, requires_grad=True)
+    z = connect(torch.tensor([0.25, 0.25]), z_lo, z_hi, 1.0)
+    (z * torch.tensor([2.0, -4.0])).sum().backward()
+    torch.testing.assert_close(z_lo.grad, torch.tensor([1.5, -3.0]))
+    torch.testing.assert_close(z_hi.grad, torch.tensor([0.5, -1.0]))
+
+
+def test_every_connector_kind_is_registered_and_maps_to_c():
+    kinds = ir.Connector.model_fields["kind"].annotation.__args__
+    assert set(kinds) == set(CONNECTORS)
+    z_lo = torch.zeros(1, requires_grad=True)
+    z_hi = torch.ones(1, requires_grad=True)
+    expected = {"binary": 0.0, "linear": 0.5, "rectified_linear": 0.0}  # d/dz_lo at z_hat = 0.5, c = 0.5 node
+    for kind, grad in expected.items():
+        z_lo.grad = None
+        connect_with(ir.Connector(kind=kind, c=0.5), torch.tensor([0.5]), z_lo, z_hi).sum().backward()
+        assert z_lo.grad.item() == pytest.approx(grad)
+
+
+def test_c_outside_unit_interval_is_rejected():
+    with pytest.raises(ValueError):
+        connect(torch.zeros(1), torch.zeros(1), torch.ones(1), 1.5)

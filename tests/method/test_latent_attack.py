@@ -1,0 +1,90 @@
+"""TAPS estimates: between the concrete margin and the IBP bound; exact for a linear classifier."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tapsc import ir
+from tapsc.method.latent_attack import latent_attack, margins_at, taps_margins, wrong_classes
+from tapsc.method.input_attack import input_box
+from tapsc.method.losses import ibp_margin_upper
+
+from method_helpers import batch, build
+
+
+def test_wrong_classes_skip_the_true_class():
+    y = torch.tensor([0, 2, 4])
+    expected = torch.tensor([[1, 2, 3, 4], [0, 1, 3, 4], [0, 1, 2, 3]])
+    assert torch.equal(wrong_classes(y, 5), expected)
+
+
+def _boxes(network, eps, train):
+    x, y = batch(8)
+    network.train(train)
+    network(x)
+    z_lo, z_hi = network.extractor_box(*input_box(x, eps))
+    return x, y, z_lo, z_hi
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("estimator", ["multi", "single"])
+def test_estimates_between_centre_margin_and_ibp_bound(train, estimator):
+    torch.manual_seed(1)
+    network = build(split=2, seed=1)
+    x, y, z_lo, z_hi = _boxes(network, 0.05, train)
+    attack = ir.LatentAttack(steps=10, restarts=2, estimator=estimator)
+    estimates = taps_margins(network, z_lo, z_hi, y, attack, ir.Connector())
+    ibp = ibp_margin_upper(network, z_lo, z_hi, y, start=network.split)
+    assert (estimates <= ibp + 1e-5).all()
+    if estimator == "multi":
+        with network.frozen_batchnorm():
+            centre_logits = network.classifier((z_lo + z_hi) / 2)
+        centre = centre_logits - centre_logits.gather(1, y[:, None])
+        assert (estimates >= centre - 1e-5).all()
+
+
+def test_linear_classifier_estimates_equal_ibp_bounds():
+    network = build(split=0, seed=2).eval()
+    x, y, z_lo, z_hi = _boxes(network, 0.05, train=False)
+    with torch.no_grad():
+        z_BE = latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=8))
+        estimates = margins_at(network, z_BE, y, multi=True)
+        ibp = ibp_margin_upper(network, z_lo, z_hi, y, start=network.split)
+    torch.testing.assert_close(estimates, ibp, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_attack_matches_unchunked_on_a_linear_classifier():
+    network = build(split=0, seed=2).eval()
+    _, y, z_lo, z_hi = _boxes(network, 0.05, train=False)
+    full = latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=8))
+    chunked = latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=8, estimation_batch=9))
+    assert full.shape == (8, 4) + tuple(z_lo.shape[1:])
+    torch.testing.assert_close(full, chunked)
+
+
+def test_attack_points_stay_in_the_box():
+    network = build(split=2, seed=3).eval()
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=False)
+    z = latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=5, restarts=3))
+    assert (z >= z_lo[:, None]).all() and (z <= z_hi[:, None]).all()
+
+
+def test_attack_in_training_leaves_running_statistics_and_extractor_graph_alone():
+    network = build(split=2, seed=4)
+    x, y, z_lo, z_hi = _boxes(network, 0.05, train=True)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    z = latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=5))
+    assert not z.requires_grad
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in network.parameters())
+
+
+def test_taps_gradient_reaches_the_extractor_through_the_connector():
+    network = build(split=2, seed=5)
+    x, y, z_lo, z_hi = _boxes(network, 0.05, train=True)
+    estimates = taps_margins(network, z_lo, z_hi, y, ir.LatentAttack(steps=5), ir.Connector(c=1.0))
+    estimates.sum().backward()
+    first_conv = network.layers[0]
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
