@@ -1,1 +1,94 @@
-"""Placeholder: filled in by its issue."""
+"""`tapsc run` (train a spec into a run directory, or resume one) and `tapsc eval`."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from tapsc.cli import app, user_errors_exit
+from tapsc.errors import Diagnostic, TapscError
+
+console = Console(highlight=False)
+
+
+def default_run_dir(spec_path: Path) -> Path:
+    """``runs/<spec-stem>-<timestamp>``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec_path.stem) or "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _read_spec(path: Path, overrides: list[str]):
+    if not path.is_file():
+        raise TapscError(Diagnostic(code="missing-spec", message=f"no spec file at {path}",
+                                    help="pass the path of a .taps file, e.g. specs/quickstart.taps"))
+    from tapsc.spec import load_spec
+
+    return load_spec(path, overrides), path.read_text()
+
+
+@app.command("run")
+@user_errors_exit
+def run_command(
+    spec: Optional[Path] = typer.Argument(None, help="The .taps spec to train (omit with --resume)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a spec setting: path=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<spec>-<time>)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override optimizer.seed."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes (evaluation stays float32)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+) -> None:
+    """Train a spec (or resume a run), then evaluate it on the test set."""
+    from tapsc.display import make_display
+    from tapsc.run import RunOptions, resume_run, start_run
+
+    options = RunOptions(device=device, amp=amp, seed=seed, data_root=data_root)
+    if resume is not None:
+        if spec is not None or set_:
+            raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a run as it was",
+                                        help="drop the spec and `--set` arguments (the run keeps its ir.json)"))
+        runner = lambda emit: resume_run(resume, options, emit)  # noqa: E731
+        select = None
+    elif spec is None:
+        raise TapscError(Diagnostic(code="missing-spec", message="`tapsc run` needs a spec file or `--resume RUN_DIR`",
+                                    help="e.g. `tapsc run specs/quickstart.taps`"))
+    else:
+        parsed, text = _read_spec(spec, set_)
+        target = out or default_run_dir(spec)
+        runner = lambda emit: start_run(parsed, text, target, options, emit)  # noqa: E731
+        select = parsed.eval.select
+    display = make_display(console, select or "taps")
+    try:
+        runner(display)
+    finally:
+        display.close()
+
+
+@app.command("eval")
+@user_errors_exit
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="A run directory made by `tapsc run`."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Evaluate the first N test samples."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+) -> None:
+    """Evaluate a run's checkpoint on the test set; writes eval-<checkpoint>.json in the run."""
+    from tapsc.display import make_display, results_table
+    from tapsc.evaluate import evaluate_run
+
+    if checkpoint not in ("best", "last"):
+        raise TapscError(Diagnostic(code="bad-option", message=f"unknown checkpoint `{checkpoint}`",
+                                    help="use `best` or `last`"))
+    display = make_display(console)
+    try:
+        results = evaluate_run(run_dir, checkpoint, samples=samples, device=device, data_root=data_root,
+                               emit=display)
+    finally:
+        display.close()
+    console.print(results_table(results, title=f"{run_dir} ({checkpoint} checkpoint)"))

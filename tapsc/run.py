@@ -1,0 +1,426 @@
+"""The training loop: the spec's phases, eps schedule, optimizer, milestones,
+clipping and L1, with a checkpoint at every epoch end. It emits events
+(``tapsc.events``) and knows nothing of how they are shown.
+
+Determinism (what makes ``--resume`` repeat an uninterrupted run exactly on CPU):
+every epoch reseeds torch, numpy and random from (seed, epoch), and shuffles with a
+``torch.Generator`` seeded the same way. Everything an epoch depends on besides that
+-- weights, BatchNorm statistics, optimizer and lr-scheduler state -- is in the
+checkpoint, so restarting at the epoch after the last checkpoint replays the rest.
+
+Shape legend: B batch, K classes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tapsc import ir, rundir
+from tapsc.errors import Diagnostic, TapscError
+from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
+
+EPOCH_EVAL_CAP = 1000  # samples evaluated per epoch for model selection (keeps epochs cheap)
+EPOCH_METRICS = ("natural", "ibp")  # measured every epoch, with the selection metric
+PROBE_EVERY = 4  # the running TAPS accuracy looks at every 4th batch ...
+PROBE_SAMPLES = 32  # ... and at its first 32 samples
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-level facts (never training knobs: those live in the spec)."""
+
+    device: str = "auto"
+    amp: bool = False
+    seed: int | None = None
+    data_root: str | None = None
+    workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
+
+
+class TrainingDiverged(TapscError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        TapscError: an unknown device, or CUDA asked for but absent.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise TapscError(Diagnostic(code="unknown-device", message=f"unknown device `{name}`",
+                                    help="use `auto`, `cpu`, `cuda` or `cuda:N`"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TapscError(Diagnostic(code="no-cuda", message=f"device `{name}` asked for, but torch sees no CUDA device",
+                                    help="use `--device cpu`, or install a CUDA build of torch"))
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TapscError(Diagnostic(code="unknown-device", message=f"there is no {name}: "
+                                    f"{torch.cuda.device_count()} CUDA device(s)"))
+    return device
+
+
+def apply_options(spec: ir.Spec, options: RunOptions) -> ir.Spec:
+    """The spec with ``--seed`` and ``--data-root`` applied (what ir.json records)."""
+    if options.seed is not None:
+        spec = spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"seed": options.seed})})
+    if options.data_root is not None:
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": options.data_root})})
+    return spec
+
+
+def seed_everything(seed: int, epoch: int) -> None:
+    """Seed torch, numpy and random from (seed, epoch); epoch -1 is initialisation."""
+    value = (seed * 1_000_003 + epoch + 1) % (2**32)
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def phase_at(spec: ir.Spec, epoch: int) -> ir.Node:
+    """The method phase that covers ``epoch`` (the first one listed, if several do)."""
+    for phase in spec.method.phases:
+        if phase.start <= epoch and (phase.end is None or epoch < phase.end):
+            return phase
+    raise TapscError(Diagnostic(code="no-phase", span=spec.method.span,
+                                message=f"no method phase covers epoch {epoch}",
+                                help="give the last phase no `end`, or cover every epoch"))
+
+
+def make_optimizer(spec: ir.Spec, network: torch.nn.Module):
+    """The optimizer and its MultiStepLR scheduler (stepped once per epoch)."""
+    opt = spec.optimizer
+    if opt.kind == "adam":
+        optimizer = torch.optim.Adam(network.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(network.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                    weight_decay=opt.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(opt.milestones),
+                                                     gamma=opt.decay_factor)
+    return optimizer, scheduler
+
+
+def first(dataset: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` samples of ``dataset`` (all of them for None)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    return Subset(dataset, range(count))
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """One run: network, optimizer, data, history; ``fit`` trains to the last epoch."""
+
+    def __init__(self, spec: ir.Spec, run_dir: Path, options: RunOptions, emit: Emit = ignore):
+        self.spec, self.run_dir, self.options, self.emit = spec, Path(run_dir), options, emit
+        self.device = resolve_device(options.device)
+        self.seed = spec.optimizer.seed
+        self._check_metrics()
+        self._load_data()
+        seed_everything(self.seed, -1)
+        from tapsc.compile import compile_network
+
+        self.network = compile_network(spec).to(self.device)
+        self.optimizer, self.scheduler = make_optimizer(spec, self.network)
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None  # {"epoch", "value"} of best.pt
+
+    def _check_metrics(self) -> None:
+        from tapsc.evaluate import available
+
+        wanted = (*self.spec.eval.metrics, self.spec.eval.select)
+        missing = sorted(set(wanted) - set(available(wanted)))
+        if self.spec.eval.select in missing:
+            raise TapscError(Diagnostic(code="no-certifier", span=self.spec.eval.span,
+                                        message=f"`select {self.spec.eval.select}` needs tapsc.certify, "
+                                                "which offers no certification in this installation",
+                                        help="select on `taps` (the default) or `ibp`"))
+
+    def _load_data(self) -> None:
+        from tapsc.data import load_dataset, load_validation
+
+        shape = tuple(self.spec.model.input_shape)
+        self.train_set = load_dataset(self.spec.data, train=True, shape=shape)
+        validation = load_validation(self.spec.data, shape=shape)
+        self.selection_split = "validation" if validation is not None else "test"
+        selection = validation if validation is not None else load_dataset(self.spec.data, False, shape=shape)
+        self.selection_set = first(selection, EPOCH_EVAL_CAP)
+        if len(self.train_set) == 0:
+            raise TapscError(Diagnostic(code="empty-dataset", message="the training set is empty",
+                                        span=self.spec.data.span))
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "rng": rng_states(),
+            "metrics": self.history,
+            "best": self.best,
+            "seed": self.seed,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: the epoch after the one it holds."""
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state["rng"])
+        self.history = list(state["metrics"])
+        self.best = state["best"]
+        self.start_epoch = state["epoch"] + 1
+
+    def _checkpoint(self, epoch: int, improved: bool) -> None:
+        state = self.state(epoch)
+        if improved:  # best first: a kill between the two writes redoes this epoch identically
+            rundir.save_checkpoint(rundir.checkpoint_path(self.run_dir, "best"), state)
+        rundir.save_checkpoint(rundir.checkpoint_path(self.run_dir, "last"), state)
+        rundir.write_metrics(self.run_dir, self.history)
+
+    # ------------------------------------------------------------ training
+
+    def fit(self) -> None:
+        """Train from ``start_epoch`` to the last epoch, checkpointing every epoch."""
+        epochs = self.spec.optimizer.epochs
+        self.emit(RunStarted(self.run_dir, str(self.device), epochs, self.start_epoch, len(self.train_set),
+                             len(self.selection_set), self.selection_split, self.options.amp))
+        if self.selection_split == "test":
+            self.emit(Note("model selection uses the test set (data.validation = 0); set "
+                           "`data.validation` to hold out a validation split instead", warning=True))
+        for epoch in range(self.start_epoch, epochs):
+            started = time.perf_counter()
+            row = self.train_epoch(epoch)
+            row.update(self.select_metrics())
+            improved = self._update_best(epoch, row)
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            self.history.append(row)
+            self.scheduler.step()
+            self._checkpoint(epoch, improved)
+            self.emit(EpochEnded(epoch, epochs, row, improved, row["seconds"]))
+
+    def _loader(self, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
+        workers = self.options.workers
+        if workers is None:
+            workers = 4 if self.device.type == "cuda" else 0
+        return DataLoader(self.train_set, batch_size=self.spec.data.batch, shuffle=True, generator=generator,
+                          num_workers=workers, pin_memory=self.device.type == "cuda")
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of the phase covering it; returns the epoch's training row."""
+        from tapsc.method import eps_at
+
+        seed_everything(self.seed, epoch)
+        phase = phase_at(self.spec, epoch)
+        loader = self._loader(epoch)
+        batches = len(loader)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.emit(EpochStarted(epoch, self.spec.optimizer.epochs, phase.kind, batches, lr))
+        pert = self.spec.perturbation
+        target = pert.train_eps if pert.train_eps is not None else pert.eps
+        sums: dict[str, float] = {}
+        tally = {"correct": 0, "seen": 0, "robust": 0, "probed": 0}
+        eps = 0.0
+        started = time.perf_counter()
+        self.network.train()
+        for batch, (x_B, y_B) in enumerate(loader):
+            x_B, y_B = x_B.to(self.device, non_blocking=True), y_B.to(self.device, non_blocking=True)
+            eps = float(eps_at(pert.schedule, target, epoch, batch, batches))
+            loss, terms = self.step(phase, x_B, y_B, eps, target, epoch, batch)
+            tally["correct"] += int(terms.pop("nat_correct"))
+            tally["seen"] += int(terms.pop("count"))
+            terms.pop("loss", None)
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0.0) + value
+            robust = self._probe_robust(phase, x_B, y_B, eps, batch, tally)
+            rate = (batch + 1) / max(time.perf_counter() - started, 1e-9)
+            self.emit(BatchEnded(epoch, batch, batches, phase.kind, eps, loss, terms,
+                                 tally["correct"] / max(tally["seen"], 1), robust, rate))
+        means = {name: value / batches for name, value in sums.items()}
+        row = {"epoch": epoch, "phase": phase.kind, "eps": eps, "lr": lr, "train_loss": means.pop("loss"),
+               "train_terms": means, "train_natural": tally["correct"] / max(tally["seen"], 1)}
+        if tally["probed"]:
+            row["train_taps"] = tally["robust"] / tally["probed"]
+        return row
+
+    def _probe_robust(self, phase, x_B, y_B, eps: float, batch: int, tally: dict[str, int]) -> float | None:
+        """Running TAPS accuracy at the current eps, measured on a few samples of every
+        PROBE_EVERY-th batch (a full measurement would cost as much as the training step)."""
+        if phase.kind == "natural" or eps == 0:
+            return None
+        if batch % PROBE_EVERY == 0:
+            from tapsc.evaluate import latent_attack
+            from tapsc.method.metrics import taps_robust
+
+            x_P, y_P = x_B[:PROBE_SAMPLES], y_B[:PROBE_SAMPLES]
+            tally["robust"] += int(taps_robust(self.network, x_P, y_P, eps, latent_attack(self.spec)).sum())
+            tally["probed"] += len(y_P)
+        return tally["robust"] / tally["probed"] if tally["probed"] else None
+
+    def step(self, phase, x_B, y_B, eps: float, target: float, epoch: int, batch: int) -> tuple[float, dict]:
+        """One optimisation step; raises TrainingDiverged on a NaN or infinite loss."""
+        from tapsc.method import phase_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.amp):
+            loss, terms = phase_loss(self.network, phase, x_B, y_B, eps, target, l1=self.spec.optimizer.l1)
+        value = float(loss.detach())
+        terms = {name: float(v) for name, v in terms.items()}
+        if not math.isfinite(value) or not all(math.isfinite(v) for v in terms.values()):
+            raise self._diverged(epoch, batch, value, terms)
+        loss.backward()
+        if self.spec.optimizer.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.spec.optimizer.clip)
+        self.optimizer.step()
+        return value, terms
+
+    def _diverged(self, epoch: int, batch: int, value: float, terms: dict[str, float]) -> TrainingDiverged:
+        bad = [name for name, v in terms.items() if not math.isfinite(v)]
+        what = f"loss term `{bad[0]}` = {terms[bad[0]]}" if bad else f"the loss = {value}"
+        last = rundir.checkpoint_path(self.run_dir, "last")
+        kept = (f"the last good checkpoint is {last} (epoch {epoch - 1})" if last.exists()
+                else "no epoch had finished, so there is no checkpoint")
+        return TrainingDiverged(Diagnostic(
+            code="loss-not-finite",
+            message=f"training stopped at epoch {epoch}, batch {batch}: {what} is not finite",
+            help=f"{kept}; lower `optimizer.lr`, enable `optimizer.clip`, or slow the eps ramp"))
+
+    # ------------------------------------------------------------ selection
+
+    def select_metrics(self) -> dict[str, Any]:
+        """Per-epoch metrics on the selection split (bounded sample count)."""
+        from tapsc.evaluate import evaluate
+
+        metrics = tuple(dict.fromkeys((*EPOCH_METRICS, self.spec.eval.select)))
+        results = evaluate(self.network, self.selection_set, self.spec, metrics, device=self.device)
+        return {name: results["metrics"][name] for name in metrics}
+
+    def _update_best(self, epoch: int, row: dict[str, Any]) -> bool:
+        # ">=": on a tie the later epoch, trained longer at full eps, wins
+        value = row[self.spec.eval.select]
+        if self.best is None or value >= self.best["value"]:
+            self.best = {"epoch": epoch, "value": value, "metric": self.spec.eval.select}
+            return True
+        return False
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def final_evaluation(trainer: Trainer, train_seconds: float) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test set; write results.json."""
+    from tapsc.data import load_dataset
+    from tapsc.evaluate import evaluate
+
+    spec = trainer.spec
+    best = rundir.checkpoint_path(trainer.run_dir, "best")
+    which = "best" if best.is_file() else "last"
+    trainer.network.load_state_dict(rundir.read_checkpoint(rundir.checkpoint_path(trainer.run_dir, which))["model"])
+    test_set = first(load_dataset(spec.data, train=False, shape=tuple(spec.model.input_shape)), spec.eval.samples)
+    results = evaluate(trainer.network, test_set, spec, spec.eval.metrics, device=trainer.device,
+                       emit=trainer.emit, split="test")
+    results.update({
+        "checkpoint": which,
+        "best": trainer.best,
+        "selected_on": trainer.selection_split,
+        "train_seconds": round(train_seconds, 3),
+        "epochs": spec.optimizer.epochs,
+    })
+    if trainer.selection_split == "test":
+        results["note"] = "the checkpoint was selected on the test set (data.validation = 0): a leak"
+    rundir.write_json(trainer.run_dir / rundir.RESULTS, results)
+    return results
+
+
+def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
+    started = time.perf_counter()
+    trainer.fit()
+    previous = sum(row.get("seconds", 0.0) for row in trainer.history[:trainer.start_epoch])
+    results = final_evaluation(trainer, time.perf_counter() - started + previous)
+    trainer.emit(RunFinished(trainer.run_dir, results))
+    return results
+
+
+def start_run(spec: ir.Spec, spec_text: str, run_dir: Path, options: RunOptions = RunOptions(),
+              emit: Emit = ignore) -> dict[str, Any]:
+    """Train ``spec`` in a new run directory, then evaluate it.
+
+    Args:
+        spec: the checked spec (overrides already applied).
+        spec_text: the spec file's text, stored as given.
+        run_dir: the folder to create (it must not hold a run already).
+        options: device, seed, data root, mixed precision.
+        emit: receives the run's events.
+
+    Returns:
+        The final results (what results.json holds).
+
+    Raises:
+        TapscError: bad device, missing data, unwritable folder, a diverged loss.
+    """
+    spec = apply_options(spec, options)
+    device = resolve_device(options.device)
+    trainer = Trainer(spec, run_dir, options, emit)  # loads data: fail before making the folder
+    rundir.create(run_dir, spec, spec_text)
+    rundir.write_json(Path(run_dir) / rundir.ENV, rundir.environment(device))
+    return _train_and_evaluate(trainer)
+
+
+def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = ignore) -> dict[str, Any]:
+    """Continue a stopped run from its last checkpoint (or from scratch if it has none).
+
+    ``options.seed`` must be None (the run's seed is in its ir.json); ``options.data_root``
+    may point at the data on this machine.
+    """
+    if options.seed is not None:
+        raise TapscError(Diagnostic(code="seed-on-resume", message="`--seed` cannot change a run being resumed",
+                                    help="drop `--seed`; the run keeps the seed in its ir.json"))
+    spec = apply_options(rundir.read_spec(run_dir), options)
+    trainer = Trainer(spec, run_dir, options, emit)
+    for stale in (Path(run_dir) / rundir.CHECKPOINTS).glob(".*.tmp"):  # a write the kill cut short
+        stale.unlink(missing_ok=True)
+    last = rundir.checkpoint_path(run_dir, "last")
+    if last.is_file():
+        trainer.restore(rundir.read_checkpoint(last))
+        emit(Note(f"resuming {run_dir} at epoch {trainer.start_epoch}"))
+    else:
+        emit(Note(f"{run_dir} has no checkpoint yet: starting it from epoch 0"))
+    return _train_and_evaluate(trainer)

@@ -1,0 +1,103 @@
+"""End-to-end `tapsc run` / `tapsc eval` through typer's runner, on tiny digits runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tapsc import ir
+from tapsc.rundir import load_run
+from tapsc.spec import load_spec
+
+from run_helpers import invoke, weights, write_spec
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    spec_path = write_spec(folder)
+    result = invoke("run", spec_path, "--out", folder / "run", "--device", "cpu")
+    return folder, spec_path, result
+
+
+def test_full_run_prints_the_final_table(finished_run):
+    _, _, result = finished_run
+    assert result.exit_code == 0, result.output
+    for name in ("natural", "PGD", "IBP-certified", "TAPS", "CROWN-IBP-certified"):
+        assert name in result.output
+
+
+def test_run_directory_contents(finished_run):
+    folder, spec_path, _ = finished_run
+    run = folder / "run"
+    assert (run / "spec.taps").read_text() == spec_path.read_text()
+    stored = ir.Spec.model_validate_json((run / "ir.json").read_text())
+    assert stored.model_dump(mode="json") == load_spec(spec_path).model_dump(mode="json")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
+    assert [row["phase"] for row in rows] == ["natural", "ibp", "taps", "taps"]
+    assert rows[0]["eps"] == 0 and rows[-1]["eps"] == pytest.approx(0.05)
+    assert rows[3]["lr"] == pytest.approx(rows[0]["lr"] * 0.5)  # milestone 3
+    for row in rows:
+        assert 0 <= row["natural"] <= 1 and 0 <= row["taps"] <= 1 and row["train_loss"] > 0
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "metrics", "best"} <= last.keys()
+    assert last["epoch"] == 3 and len(last["metrics"]) == 4
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    best_row = max(rows, key=lambda row: (row["taps"], row["epoch"]))
+    assert best["epoch"] == best_row["epoch"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["selected_on"] == "validation" and results["samples"] == 64
+    assert set(results["metrics"]) == {"natural", "pgd", "ibp", "taps", "crown_ibp"}
+    metrics = results["metrics"]
+    assert metrics["pgd"] <= metrics["natural"] and metrics["ibp"] <= metrics["pgd"]
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+
+
+def test_load_run_gives_the_best_weights(finished_run):
+    folder, _, _ = finished_run
+    spec, network = load_run(folder / "run")
+    assert not network.training and spec.optimizer.epochs == 4
+    best = weights(folder / "run" / "checkpoints" / "best.pt")
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, best[name])
+
+
+def test_eval_command_matches_the_run(finished_run):
+    folder, _, _ = finished_run
+    result = invoke("eval", folder / "run", "--samples", 32, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((folder / "run" / "eval-best.json").read_text())
+    assert evaluated["samples"] == 32
+    final = json.loads((folder / "run" / "results.json").read_text())
+    # natural and IBP are deterministic: the first 32 samples cannot disagree with all 64 by more than 32
+    for name in ("natural", "ibp"):
+        assert abs(evaluated["metrics"][name] * 32 - final["metrics"][name] * 64) <= 32
+
+
+def test_selection_on_test_is_flagged(tmp_path):
+    text = write_spec(tmp_path).read_text().replace("validation 64", "validation 0")
+    spec_path = write_spec(tmp_path, text.replace("epochs 4", "epochs 1").replace("decay 0.5 at (3); ", "")
+                           .replace("until epoch 2", "until epoch 1").replace("from epoch 1 to 2", "from epoch 0 to 1")
+                           .replace("phase natural until epoch 1\n", "").replace("phase taps", "# phase taps"), "t.taps")
+    result = invoke("run", spec_path, "--out", tmp_path / "run", "--device", "cpu", "--seed", "11")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["selected_on"] == "test" and "leak" in results["note"]
+    assert ir.Spec.model_validate_json((tmp_path / "run" / "ir.json").read_text()).optimizer.seed == 11
+
+
+def test_mixed_precision_run_trains_and_keeps_float32_state(tmp_path):
+    # bf16 autocast runs on CPU too; BatchNorm's running statistics must stay float32 and finite.
+    spec_path = write_spec(tmp_path)
+    result = invoke("run", spec_path, "--out", tmp_path / "run", "--device", "cpu", "--amp")
+    assert result.exit_code == 0, result.output
+    state = weights(tmp_path / "run" / "checkpoints" / "last.pt")
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            assert tensor.dtype == torch.float32, name
+            assert torch.isfinite(tensor).all(), name
+    assert any(name.endswith("running_mean") for name in state)
