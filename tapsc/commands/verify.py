@@ -1,1 +1,276 @@
-"""Placeholder: filled in by its issue."""
+"""`tapsc certify` (in-house cascade, or merging a verifier's results) and `tapsc export`
+(ONNX + VNN-LIB in the VNN-COMP layout)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+
+from tapsc.cli import app, user_errors_exit
+from tapsc.errors import Diagnostic, TapscError
+
+console = Console(highlight=False)
+
+
+@dataclass
+class Target:
+    """What a command works on: the spec, the trained network and where results go."""
+
+    spec: object
+    network: object
+    out_dir: Path
+    source: str
+
+
+def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -> Target:
+    from tapsc import rundir
+
+    if target.is_dir():
+        if checkpoint is not None:
+            raise TapscError(Diagnostic(code="checkpoint-with-run", message="`--checkpoint` goes with a spec file",
+                                        help=f"use `--which best|last` to pick a checkpoint of {target}"))
+        spec, network = rundir.load_run(target, which, device=device)
+        return Target(spec, network, target, f"{target} ({which} checkpoint)")
+    if not target.is_file():
+        raise TapscError(Diagnostic(code="missing-target", message=f"{target} is neither a run directory nor a spec",
+                                    help="pass a folder made by `tapsc run`, or a .taps file with `--checkpoint`"))
+    if checkpoint is None:
+        raise TapscError(Diagnostic(code="missing-checkpoint", message=f"{target} is a spec: which weights?",
+                                    help="add `--checkpoint FILE` (a checkpoint written by `tapsc run`)"))
+    from tapsc.compile import compile_network
+    from tapsc.spec import load_spec
+
+    spec = load_spec(target)
+    network = compile_network(spec)
+    try:
+        network.load_state_dict(rundir.read_checkpoint(checkpoint)["model"])
+    except RuntimeError as error:
+        raise TapscError(Diagnostic(code="checkpoint-mismatch", message=f"{checkpoint} does not fit the model of "
+                                    f"{target}: {str(error).splitlines()[0]}",
+                                    help="use the spec the checkpoint was trained from")) from None
+    return Target(spec, network.to(device).eval(), checkpoint.parent, f"{target} + {checkpoint}")
+
+
+def _test_set(spec, data_root: Optional[str]):
+    from tapsc.data import load_dataset
+
+    data = spec.data if data_root is None else spec.data.model_copy(update={"root": data_root})
+    return load_dataset(data, train=False, shape=tuple(spec.model.input_shape))
+
+
+def _parse_span(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    start, sep, stop = text.partition(":")
+    if not sep or not start.strip().isdigit() or not stop.strip().isdigit() or int(start) >= int(stop):
+        raise TapscError(Diagnostic(code="bad-range", message=f"`--range {text}` is not START:STOP",
+                                    help="e.g. `--range 100:200` (STOP excluded)"))
+    return int(start), int(stop)
+
+
+def _parse_methods(text: str) -> list[str]:
+    from tapsc.certify.linear import METHODS
+
+    methods = [m.strip().replace("-", "_") for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise TapscError(Diagnostic(code="unknown-method", message=f"unknown certification method(s) {bad}",
+                                    help=f"choose from {', '.join(METHODS)} (comma separated, cheapest first)"))
+    return methods
+
+
+# ---------------------------------------------------------------- tapsc certify
+
+
+@app.command("certify")
+@user_errors_exit
+def certify_command(
+    target: Path = typer.Argument(..., help="A run directory, or a .taps spec with --checkpoint."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights for a spec file."),
+    which: str = typer.Option("best", "--which", help="Checkpoint of a run: best or last."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="The first N samples (of the range)."),
+    span: Optional[str] = typer.Option(None, "--range", help="Samples START:STOP of the test set."),
+    random: Optional[int] = typer.Option(None, "--random", min=1, help="A seeded random subset of N samples."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the random subset and the attack."),
+    methods: str = typer.Option("ibp,crown_ibp,crown", "--methods", help="Bound methods, cheapest first."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (default eval.batch)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default perturbation.eps)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for certify.json/.csv (default: the run)."),
+    merge: Optional[Path] = typer.Option(None, "--merge", help="Verifier results (CSV, or a folder of result files)."),
+    benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="The exported folder (default OUT/vnncomp)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+) -> None:
+    """Certify test samples in-house (attack, IBP, CROWN-IBP, CROWN), or merge a verifier's results."""
+    if merge is not None:
+        base = out or (target if target.is_dir() else checkpoint.parent if checkpoint else Path("."))
+        return _merge(base, merge, benchmark)
+    import torch
+
+    from tapsc.certify.cascade import Cascade, certify_dataset, select_indices
+    from tapsc.certify.report import summarize, summary_table, write_results
+    from tapsc.run import resolve_device
+
+    chosen = _parse_methods(methods)
+    where = resolve_device(device)
+    loaded = _load_target(target, checkpoint, which, where)
+    spec = loaded.spec
+    radius = spec.perturbation.eps if eps is None else eps
+    test_set = _test_set(spec, data_root)
+    indices = select_indices(len(test_set), samples or (spec.eval.samples if not (span or random) else None),
+                             _parse_span(span), random, seed)
+    torch.manual_seed(seed)
+    cascade = Cascade(loaded.network, radius, spec.eval.attack, chosen)
+    console.print(f"certifying {len(indices)} samples of {escape(loaded.source)} at eps {radius:g} "
+                  f"({', '.join(chosen)})")
+    with _progress(len(indices)) as advance:
+        verdicts = certify_dataset(cascade, test_set, indices, batch or spec.eval.batch, where, advance)
+    summary = summarize(verdicts, chosen)
+    settings = {"source": loaded.source, "eps": radius, "methods": chosen, "seed": seed, "device": str(where),
+                "attack": spec.eval.attack.model_dump(mode="json"), "samples": len(indices)}
+    json_path, csv_path = write_results(out or loaded.out_dir, verdicts, summary, settings)
+    console.print(summary_table(summary, title=f"certification at eps {radius:g}"))
+    console.print(f"wrote {escape(str(json_path))} and {escape(str(csv_path))}")
+
+
+def _progress(total: int):
+    from contextlib import contextmanager
+
+    from rich.progress import Progress
+
+    @contextmanager
+    def bar():
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("certify", total=total)
+            yield lambda n: progress.advance(task, n)
+
+    return bar()
+
+
+def _merge(base: Path, results_path: Path, benchmark: Optional[Path]) -> None:
+    """Merge verifier results with the certify.json in ``base``; exit 2 on a soundness conflict."""
+    from tapsc.certify.merge import merge, read_results
+    from tapsc.certify.report import read_verdicts, summarize, summary_table
+
+    folder = benchmark or base / "vnncomp"
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise TapscError(Diagnostic(code="no-manifest", message=f"no {manifest_path}",
+                                    help="give the exported folder with `--benchmark DIR` (it holds manifest.json)"))
+    verdicts = read_verdicts(base)
+    manifest = json.loads(manifest_path.read_text())
+    merged, conflicts, counts = merge(verdicts, manifest, read_results(results_path))
+    methods = sorted({v.method for v in merged if v.method and v.method != "verifier"}) + ["verifier"]
+    summary = summarize(merged, methods)
+    (base / "merged.json").write_text(json.dumps({
+        "verifier_results": counts, "conflicts": [c.__dict__ for c in conflicts], "summary": summary,
+        "samples": [v.row() for v in merged]}, indent=2) + "\n")
+    console.print(f"verifier results: {counts}")
+    console.print(summary_table(summary, title="in-house + verifier"))
+    if conflicts:
+        lines = "\n".join(escape(c.message()) for c in conflicts)
+        console.print(Panel(lines, title=f"{len(conflicts)} SOUNDNESS CONFLICT(S)", style="bold red"))
+        raise typer.Exit(code=2)
+
+
+# ---------------------------------------------------------------- tapsc export
+
+
+@app.command("export")
+@user_errors_exit
+def export_command(
+    target: Path = typer.Argument(..., help="A run directory, or a .taps spec with --checkpoint."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write the ONNX network."),
+    vnnlib: bool = typer.Option(False, "--vnnlib", help="Write VNN-LIB properties, instances.csv, manifest.json."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights for a spec file."),
+    which: str = typer.Option("best", "--which", help="Checkpoint of a run: best or last."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Benchmark folder (default RUN_DIR/vnncomp)."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Properties to write (default export.samples)."),
+    eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default export.eps, else perturbation.eps)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds per instance (default export.timeout)."),
+    only_unknown: bool = typer.Option(False, "--only-unknown", help="Only samples `tapsc certify` left unknown."),
+    results: Optional[Path] = typer.Option(None, "--certify-results", help="certify.json (default: beside the run)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+) -> None:
+    """Export ONNX + VNN-LIB in the VNN-COMP layout (both when neither flag is given)."""
+    import torch
+
+    from tapsc.export.benchmark import write_benchmark
+
+    if not onnx and not vnnlib:
+        onnx = vnnlib = True
+    loaded = _load_target(target, checkpoint, which, torch.device("cpu"))
+    spec = loaded.spec
+    if spec.perturbation.norm != "linf":
+        from tapsc.errors import UnsupportedExport
+
+        raise UnsupportedExport(f"a `{spec.perturbation.norm}` perturbation cannot be written as a VNN-LIB box",
+                                help="VNN-LIB properties are linear constraints; only linf balls are boxes")
+    radius = eps if eps is not None else (spec.export.eps if spec.export.eps is not None else spec.perturbation.eps)
+    count = samples or spec.export.samples
+    test_set = _test_set(spec, data_root)
+    verdicts = _known_verdicts(results or loaded.out_dir, radius, required=only_unknown)
+    chosen = _export_samples(loaded.network, test_set, count, verdicts, only_unknown)
+    folder = out or loaded.out_dir / "vnncomp"
+    parity = torch.stack([test_set[i][0] for i in range(min(len(test_set), 100))]).float()
+    report = write_benchmark(folder, loaded.network, chosen, radius, timeout or spec.export.timeout,
+                             spec.export.opset, onnx=onnx, vnnlib=vnnlib, parity_inputs=parity)
+    _print_export(report)
+
+
+def _known_verdicts(where: Path, eps: float, required: bool) -> dict:
+    from tapsc.certify.report import read_verdicts
+
+    path = where / "certify.json" if where.is_dir() else where
+    if not path.exists() and not required:
+        return {}
+    if path.suffix == ".json" and path.exists():
+        certified_eps = json.loads(path.read_text()).get("settings", {}).get("eps")
+        if certified_eps is not None and abs(certified_eps - eps) > 1e-12:
+            if not required:
+                return {}
+            raise TapscError(Diagnostic(code="eps-mismatch", message=f"{path} was certified at eps "
+                                        f"{certified_eps:g}, the export asks for eps {eps:g}",
+                                        help=f"run `tapsc certify ... --eps {eps:g}` first, or export at that eps"))
+    return {v.index: v for v in read_verdicts(path)}
+
+
+def _export_samples(network, test_set, count: int, verdicts: dict, only_unknown: bool):
+    """Correctly classified samples in test-set order (only unknown ones when asked)."""
+    import torch
+
+    from tapsc.export.benchmark import Sample, correctly_classified
+
+    if only_unknown:
+        order = [i for i in sorted(verdicts) if verdicts[i].verdict == "unknown"]
+    else:
+        order = list(range(len(test_set)))
+    chosen: list = []
+    for start in range(0, len(order), 256):
+        if len(chosen) >= count:
+            break
+        batch = [Sample(i, torch.as_tensor(test_set[i][0]).float(), int(test_set[i][1]),
+                        verdicts[i].verdict if i in verdicts else None) for i in order[start:start + 256]]
+        chosen.extend(correctly_classified(network, batch)[0])
+    return chosen[:count]
+
+
+def _print_export(report) -> None:
+    if report.onnx is not None:
+        o = report.onnx
+        parity = ("not checked (onnxruntime is not installed)" if o.max_abs_diff is None else
+                  f"max |onnxruntime - torch| = {o.max_abs_diff:.2e} on {o.parity_inputs} test inputs "
+                  f"(tolerance {o.tolerance:.1e})")
+        console.print(f"ONNX {escape(str(o.path))}: opset {o.opset}, ops {', '.join(o.ops)}; {parity}")
+    if report.instances:
+        console.print(f"{report.instances} VNN-LIB instances, timeout {report.timeout:g} s each, "
+                      f"in {escape(str(report.out_dir))} (instances.csv, manifest.json)")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")

@@ -1,0 +1,105 @@
+"""Certification results on disk and on screen: certify.json, the per-sample CSV, a Rich table.
+
+``certify.json`` holds the settings, the summary (counts and rates) and the verdict of
+every sample; ``certify.csv`` holds one row per sample (index, label, prediction,
+verdict, method, margin bound, time). `read_verdicts` reads either back, which is how
+``tapsc export --only-unknown`` and ``tapsc certify --merge`` find the in-house verdicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from tapsc.certify.cascade import SampleVerdict
+from tapsc.errors import Diagnostic, TapscError
+
+CSV_FIELDS = ("index", "label", "prediction", "verdict", "method", "margin_bound", "time")
+JSON_NAME, CSV_NAME = "certify.json", "certify.csv"
+
+
+def summarize(verdicts: Sequence[SampleVerdict], methods: Sequence[str]) -> dict:
+    """Counts and rates over the samples: natural, adversarial, certified (per method), unknown."""
+    total = len(verdicts)
+
+    def count(predicate) -> int:
+        return sum(1 for v in verdicts if predicate(v))
+
+    by_method = {m: count(lambda v, m=m: v.verdict == "certified" and v.method == m) for m in methods}
+    counts = {
+        "samples": total,
+        "natural": count(lambda v: v.verdict != "misclassified"),
+        "adversarial": count(lambda v: v.verdict in ("certified", "unknown")),
+        "certified": sum(by_method.values()),
+        "unknown": count(lambda v: v.verdict == "unknown"),
+        "falsified": count(lambda v: v.verdict == "falsified"),
+        "misclassified": count(lambda v: v.verdict == "misclassified"),
+    }
+    rates = {key: value / total if total else 0.0 for key, value in counts.items() if key != "samples"}
+    seconds = sum(v.time for v in verdicts)
+    return {"counts": counts, "certified_by": by_method, "rates": rates,
+            "certified_by_rate": {m: c / total if total else 0.0 for m, c in by_method.items()},
+            "seconds": seconds, "seconds_per_sample": seconds / total if total else 0.0}
+
+
+def write_results(out_dir: Path, verdicts: Sequence[SampleVerdict], summary: dict, settings: dict) -> tuple[Path, Path]:
+    """Write certify.json and certify.csv into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out_dir / JSON_NAME, out_dir / CSV_NAME
+    document = {"settings": settings, "summary": summary, "samples": [v.row() for v in verdicts]}
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for verdict in verdicts:
+            writer.writerow({**verdict.row(), "method": verdict.method or ""})
+    return json_path, csv_path
+
+
+def read_verdicts(path: Path) -> list[SampleVerdict]:
+    """Verdicts from a certify.json or certify.csv (or a folder holding certify.json)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSON_NAME
+    if not path.exists():
+        raise TapscError(Diagnostic(code="no-certify-results", message=f"no certification results at {path}",
+                                    help="run `tapsc certify RUN_DIR` first"))
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())["samples"]
+    else:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    return [_verdict_from_row(row) for row in rows]
+
+
+def _verdict_from_row(row: dict) -> SampleVerdict:
+    def number(key, cast=float):
+        value = row.get(key)
+        return None if value in (None, "") else cast(value)
+
+    return SampleVerdict(index=int(row["index"]), label=int(row["label"]), prediction=int(row["prediction"]),
+                         verdict=row["verdict"], method=row.get("method") or None,
+                         margin_bound=number("margin_bound"), attack_margin=number("attack_margin"),
+                         time=number("time") or 0.0)
+
+
+def summary_table(summary: dict, title: str = "certification") -> Table:
+    """The summary as a Rich table (count, percentage)."""
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("samples", justify="right")
+    table.add_column("%", justify="right")
+    counts, rates = summary["counts"], summary["rates"]
+    for key in ("natural", "adversarial", "certified"):
+        table.add_row(key, str(counts[key]), f"{100 * rates[key]:.2f}")
+    for method, number in summary["certified_by"].items():
+        table.add_row(f"  by {method}", str(number), f"{100 * summary['certified_by_rate'][method]:.2f}")
+    for key in ("unknown", "falsified", "misclassified"):
+        table.add_row(key, str(counts[key]), f"{100 * rates[key]:.2f}")
+    table.add_row("time / sample", f"{summary['seconds_per_sample']:.3f} s", "")
+    return table

@@ -1,0 +1,114 @@
+"""The VNN-COMP benchmark layout: what a verifier's run scripts read without glue.
+
+    OUT/onnx/net.onnx
+    OUT/vnnlib/prop_<sample index>.vnnlib
+    OUT/instances.csv     no header; onnx/net.onnx,vnnlib/prop_17.vnnlib,TIMEOUT
+    OUT/manifest.json     instance -> sample index, label, eps, tapsc's own verdict
+
+VNN-COMP caps a benchmark's summed timeouts at 6 hours; when the instances would
+exceed it, the per-instance timeout is lowered to fit and a warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tapsc.export.onnx import OnnxReport, export_onnx
+from tapsc.export.vnnlib import write_property_file
+
+MAX_TOTAL_TIMEOUT = 6 * 3600.0
+ONNX_NAME = "net.onnx"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test sample to export; ``verdict`` is tapsc's in-house verdict if known."""
+
+    index: int
+    x: torch.Tensor
+    label: int
+    verdict: str | None = None
+
+
+@dataclass
+class BenchmarkReport:
+    out_dir: Path
+    instances: int
+    timeout: float
+    skipped_misclassified: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    onnx: OnnxReport | None = None
+
+
+def capped_timeout(count: int, timeout: float) -> tuple[float, str | None]:
+    """Per-instance timeout so that ``count`` instances fit in 6 hours, and a warning if lowered."""
+    if count == 0 or count * timeout <= MAX_TOTAL_TIMEOUT:
+        return timeout, None
+    capped = MAX_TOTAL_TIMEOUT / count
+    return capped, (f"{count} instances x {timeout:g} s exceed VNN-COMP's 6-hour cap per benchmark; "
+                     f"timeout lowered to {capped:.1f} s per instance (export fewer samples to keep {timeout:g} s)")
+
+
+def _timeout_text(timeout: float) -> str:
+    return str(int(timeout)) if float(timeout).is_integer() else f"{timeout:.1f}"
+
+
+def correctly_classified(network: nn.Module, samples: Sequence[Sample]) -> tuple[list[Sample], list[int]]:
+    """Keep the samples the network classifies correctly; returns them and the dropped indices."""
+    if not samples:
+        return [], []
+    with torch.no_grad():
+        predictions = network.eval()(torch.stack([s.x for s in samples]).float()).argmax(1).tolist()
+    kept = [s for s, p in zip(samples, predictions) if p == s.label]
+    return kept, [s.index for s, p in zip(samples, predictions) if p != s.label]
+
+
+def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample], eps: float, timeout: float,
+                    opset: int = 13, onnx: bool = True, vnnlib: bool = True,
+                    parity_inputs: torch.Tensor | None = None) -> BenchmarkReport:
+    """Write the VNN-COMP folder for ``samples`` (misclassified ones are skipped).
+
+    Args:
+        parity_inputs: real inputs for the onnxruntime check (default: the samples).
+    """
+    out_dir = Path(out_dir)
+    kept, dropped = correctly_classified(network, samples)
+    per_instance, warning = capped_timeout(len(kept), timeout)
+    report = BenchmarkReport(out_dir, len(kept) if vnnlib else 0, per_instance, dropped,
+                             [warning] if warning and vnnlib else [])
+    if onnx:
+        inputs = parity_inputs if parity_inputs is not None else torch.stack([s.x for s in samples[:100]])
+        report.onnx = export_onnx(network, out_dir / "onnx" / ONNX_NAME, inputs.float(), opset)
+    elif vnnlib and not (out_dir / "onnx" / ONNX_NAME).exists():
+        report.warnings.append(f"{out_dir / 'onnx' / ONNX_NAME} does not exist yet; add --onnx")
+    if vnnlib:
+        _write_properties(out_dir, kept, eps, per_instance, network.num_classes)
+    return report
+
+
+def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, timeout: float, num_classes: int):
+    folder = out_dir / "vnnlib"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("prop_*.vnnlib"):  # a previous export's properties would mislead
+        stale.unlink()
+    rows, instances = [], []
+    for sample in samples:
+        name = f"vnnlib/prop_{sample.index}.vnnlib"
+        comment = f"tapsc: test sample {sample.index}, label {sample.label}, eps {eps:g}"
+        write_property_file(out_dir / name, np.asarray(sample.x.cpu(), dtype=np.float32), sample.label,
+                            num_classes, eps, comment=comment)
+        rows.append(f"onnx/{ONNX_NAME},{name},{_timeout_text(timeout)}\n")
+        instances.append({"onnx": f"onnx/{ONNX_NAME}", "vnnlib": name, "index": sample.index,
+                          "label": sample.label, "eps": eps, "timeout": timeout, "verdict": sample.verdict})
+    (out_dir / "instances.csv").write_text("".join(rows))
+    manifest = {"format": "vnncomp", "onnx": f"onnx/{ONNX_NAME}", "eps": eps, "norm": "linf",
+                "input_units": "[0, 1] pixels (normalisation is inside the ONNX graph)",
+                "result_meaning": "unsat = robust, sat = counterexample", "instances": instances}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,272 @@
+"""ONNX export of the concrete network, in the form external verifiers read as it is.
+
+The network is first lowered to a plain torch model of folded layers (`export_model`):
+- BatchNorm (eval statistics) is folded into the conv/linear right before it (NeuralSAT
+  and other onnx2pytorch tools reject the ``training_mode`` attribute PyTorch writes on
+  ``BatchNormalization``);
+- the input normalisation is folded into the first conv/linear (Marabou cannot read a
+  broadcast ``Sub``/``Div``), so boxes stay in [0, 1] pixel units;
+- a per-channel affine map that cannot be folded exactly (a BatchNorm after a residual
+  add or a ReLU, a normalisation before a conv with zero padding: padding would pad the
+  raw pixels instead of the normalised ones) becomes a 1x1 ``Conv`` (images) or a
+  ``Gemm`` (vectors) with a diagonal weight: a plain op with no broadcasting;
+- a residual block becomes ``body(x) + shortcut(x)`` (an ``Add``).
+
+The ONNX file has one float32 input of shape (1, *input_shape) and one output (raw
+logits), opset 13..17, weights inside the file (the TorchScript exporter, not dynamo).
+
+Shape legend: O output channels/features, I input channels/features, k kernel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tapsc.errors import UnsupportedExport
+
+PLAIN_OPS = {"Conv", "Gemm", "MatMul", "Add", "Relu", "Flatten", "Reshape", "AveragePool", "MaxPool", "Pad",
+             "Constant"}
+
+
+class ChannelAffine(nn.Module):
+    """y = scale * x + shift per channel (dim 1); only lives until `_materialize`."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.scale, self.shift = scale.detach().clone(), shift.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.reshape(view) + self.shift.reshape(view)
+
+
+class ResidualAdd(nn.Module):
+    """body(x) + shortcut(x), exported as an ONNX ``Add``."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+# ---------------------------------------------------------------- lowering tapsc layers
+
+
+def _batchnorm_affine(layer) -> ChannelAffine:
+    scale = layer.weight * torch.rsqrt(layer.running_var + layer.eps)
+    return ChannelAffine(scale, layer.bias - layer.running_mean * scale)
+
+
+def _normalize_affine(layer) -> ChannelAffine:
+    std, mean = layer.std.flatten(), layer.mean.flatten()
+    return ChannelAffine(1 / std, -mean / std)
+
+
+def _conv(layer) -> nn.Conv2d:
+    out_c, in_c, k, _ = layer.weight.shape
+    conv = nn.Conv2d(in_c, out_c, k, layer.stride, layer.padding, bias=True)
+    conv.weight.data.copy_(layer.weight.detach())
+    conv.bias.data.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_c))
+    return conv
+
+
+def _linear(layer) -> nn.Linear:
+    out_f, in_f = layer.weight.shape
+    linear = nn.Linear(in_f, out_f, bias=True)
+    linear.weight.data.copy_(layer.weight.detach())
+    linear.bias.data.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_f))
+    return linear
+
+
+LOWERINGS = {
+    "conv": _conv,
+    "linear": _linear,
+    "batchnorm": _batchnorm_affine,
+    "normalize": _normalize_affine,
+    "relu": lambda layer: nn.ReLU(),
+    "flatten": lambda layer: nn.Flatten(),
+    "maxpool": lambda layer: nn.MaxPool2d(layer.kernel, layer.stride, layer.padding),
+    "avgpool": lambda layer: nn.AvgPool2d(layer.kernel, layer.stride, layer.padding),
+    "identity": lambda layer: None,
+}
+
+
+def _lower(layers: Sequence[nn.Module], probe: torch.Tensor) -> list[nn.Module]:
+    lowered: list[nn.Module] = []
+    for layer in layers:
+        kind = getattr(layer, "kind", type(layer).__name__)
+        if kind == "residual":
+            module = ResidualAdd(_build(layer.body, probe), _build(layer.shortcut, probe))
+        elif kind in LOWERINGS:
+            module = LOWERINGS[kind](layer)
+        else:
+            raise UnsupportedExport(f"layer kind `{kind}` has no ONNX form in tapsc's exporter",
+                                    help=f"exportable kinds: {', '.join(sorted(LOWERINGS))}, residual")
+        if module is not None:
+            lowered.append(module)
+            probe = module(probe)
+    return lowered
+
+
+# ---------------------------------------------------------------- folding per-channel affine maps
+
+
+def _channels(affine: ChannelAffine, channels: int) -> ChannelAffine:
+    """Expand a single-value (one mean/std for every channel) map to ``channels`` entries."""
+    return ChannelAffine(affine.scale.expand(channels), affine.shift.expand(channels))
+
+
+def _fold_after(module: nn.Conv2d | nn.Linear, affine: ChannelAffine) -> None:
+    """module := affine o module (scale the output rows)."""
+    view = (-1,) + (1,) * (module.weight.dim() - 1)
+    module.weight.data.mul_(affine.scale.reshape(view))
+    module.bias.data.copy_(module.bias.data * affine.scale + affine.shift)
+
+
+def _fold_before(module: nn.Module, affine: ChannelAffine, repeat: int = 1) -> bool:
+    """module := module o affine when exact (no zero padding to reinterpret); returns success."""
+    scale, shift = affine.scale.repeat_interleave(repeat), affine.shift.repeat_interleave(repeat)
+    if isinstance(module, nn.Linear) and module.in_features == scale.numel():
+        module.bias.data.add_(module.weight.data @ shift)
+        module.weight.data.mul_(scale.reshape(1, -1))
+        return True
+    if isinstance(module, nn.Conv2d) and module.padding in (0, (0, 0)) and module.groups == 1:
+        view = (1, -1, 1, 1)
+        module.bias.data.add_((module.weight.data * shift.reshape(view)).sum((1, 2, 3)))
+        module.weight.data.mul_(scale.reshape(view))
+        return True
+    return False
+
+
+def _materialize(affine: ChannelAffine, probe: torch.Tensor) -> nn.Module:
+    """A diagonal 1x1 Conv (feature maps) or Linear (vectors): plain ops, no broadcasting."""
+    channels = affine.scale.numel()
+    if probe.dim() == 4:
+        module = nn.Conv2d(channels, channels, 1)
+        module.weight.data.copy_(torch.diag(affine.scale).reshape(channels, channels, 1, 1))
+    else:
+        module = nn.Linear(channels, channels)
+        module.weight.data.copy_(torch.diag(affine.scale))
+    module.bias.data.copy_(affine.shift)
+    return module
+
+
+def _fold(modules: list[nn.Module], probe: torch.Tensor) -> nn.Sequential:
+    folded: list[nn.Module] = []
+    for i, module in enumerate(modules):
+        if isinstance(module, ChannelAffine):
+            module = _channels(module, probe.shape[1])
+            after = modules[i + 1:i + 3]
+            if folded and isinstance(folded[-1], (nn.Conv2d, nn.Linear)):
+                _fold_after(folded[-1], module)
+                continue
+            if after and _fold_before(after[0], module):
+                continue
+            if len(after) == 2 and isinstance(after[0], nn.Flatten) and probe.dim() == 4 and \
+                    _fold_before(after[1], module, repeat=probe[0, 0].numel()):
+                continue
+            module = _materialize(module, probe)
+        folded.append(module)
+        probe = module(probe)
+    return nn.Sequential(*folded)
+
+
+def _build(layers: Sequence[nn.Module], probe: torch.Tensor) -> nn.Sequential:
+    return _fold(_lower(layers, probe), probe)
+
+
+def export_model(network: nn.Module) -> nn.Sequential:
+    """The network as a plain eval-mode ``nn.Sequential`` of folded torch layers (same function)."""
+    with torch.no_grad():
+        model = _build(network.layers, torch.zeros(1, *network.input_shape))
+    return model.eval()
+
+
+# ---------------------------------------------------------------- the ONNX file
+
+
+@dataclass
+class OnnxReport:
+    """What the export checked: the ops used and onnxruntime's agreement with PyTorch."""
+
+    path: Path
+    opset: int
+    ops: list[str]
+    parity_inputs: int
+    max_abs_diff: float | None  # None: onnxruntime not installed, parity not checked
+    tolerance: float
+
+    @property
+    def parity_ok(self) -> bool:
+        return self.max_abs_diff is not None and self.max_abs_diff <= self.tolerance
+
+
+def write_onnx(network: nn.Module, path: Path, opset: int = 13) -> list[str]:
+    """Export the folded network to ``path`` (one file, batch 1); returns the op types used."""
+    import onnx
+
+    if not 13 <= opset <= 17:
+        raise UnsupportedExport(f"opset {opset} is outside 13..17",
+                                help="onnx2torch-based verifiers cannot read newer opsets; set export.opset")
+    model = export_model(network)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, *network.input_shape)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, but it is the one
+        warnings.simplefilter("ignore", DeprecationWarning)  # that writes one file at opset <= 17
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    ops = sorted({node.op_type for node in graph.graph.node})
+    odd = sorted(set(ops) - PLAIN_OPS)
+    assert not odd, f"the exported graph uses ops beyond the plain set: {odd}"
+    assert len(graph.graph.input) == 1 and len(graph.graph.output) == 1, "ONNX must have one input and one output"
+    return ops
+
+
+def onnx_parity(network: nn.Module, path: Path, x_BX: torch.Tensor) -> float | None:
+    """Max |onnxruntime - PyTorch| over real inputs, one at a time (batch 1); None without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    with torch.no_grad():
+        reference = network.eval()(x_BX.float().cpu())
+    worst = 0.0
+    for row, expected in zip(x_BX.float().cpu().numpy(), reference):
+        (logits,) = session.run(None, {name: row[None]})
+        worst = max(worst, float(abs(torch.from_numpy(logits[0]) - expected).max()))
+    return worst
+
+
+def export_onnx(network: nn.Module, path: Path, x_BX: torch.Tensor, opset: int = 13,
+                tolerance: float = 1e-5) -> OnnxReport:
+    """Write the ONNX file and check it against the (unfolded) network on ``x_BX``.
+
+    The tolerance is absolute for logits of magnitude up to 1 and relative above
+    (float32 cannot hold 1e-5 absolute on logits of size 100).
+
+    Raises:
+        UnsupportedExport: for a layer with no ONNX form, or a parity failure.
+    """
+    network = network.eval()
+    ops = write_onnx(network, path, opset)
+    diff = onnx_parity(network, path, x_BX)
+    with torch.no_grad():
+        scale = max(1.0, float(network(x_BX.float().cpu()).abs().max())) if len(x_BX) else 1.0
+    report = OnnxReport(Path(path), opset, ops, len(x_BX), diff, tolerance * scale)
+    if diff is not None and not report.parity_ok:  # a NaN difference fails too
+        raise UnsupportedExport(f"onnxruntime disagrees with PyTorch by {diff:.3g} (tolerance {report.tolerance:.3g})",
+                                help="this is a bug in the exporter; please report it with the spec")
+    return report

@@ -1,0 +1,140 @@
+"""Soundness of IBP, CROWN-IBP and CROWN: sampled points and box corners stay inside.
+
+Every random network holds every layer kind (normalize, conv, batchnorm, relu, residual
+with identity and conv shortcuts, avgpool, maxpool with overlapping padded windows,
+flatten, linear). Soundness is the requirement here; tightness is the benchmark's job.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from certify_nets import random_network
+from torch import nn
+
+from tapsc import ir
+from tapsc.certify.linear import LinearBounds, spec_matrix
+
+
+def box_points(lo, hi, samples=300, seed=0):
+    """(P, B, ...) points: half uniform in the box, half random corners."""
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.rand((samples, *lo.shape), generator=generator)
+    u[samples // 2:] = (u[samples // 2:] < 0.5).float()
+    return lo + u * (hi - lo)
+
+
+def input_box(shape, batch, eps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((batch, *shape), generator=generator)
+    return x, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+
+
+def empirical_margins(network, points, labels, num_classes):
+    C_BSK = spec_matrix(labels, num_classes)
+    with torch.no_grad():
+        logits_PBK = torch.stack([network(p) for p in points])
+    return torch.einsum("bsk,pbk->pbs", C_BSK, logits_PBK)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("eps", [0.01, 0.1])
+def test_margin_bounds_below_every_sampled_margin(seed, eps):
+    network = random_network(seed)
+    x, lo, hi = input_box(network.input_shape, 3, eps, seed)
+    labels = network(x).argmax(1)
+    margins_PBS = empirical_margins(network, box_points(lo, hi, seed=seed), labels, network.num_classes)
+    bounds = LinearBounds(network.layers)
+    for method in ("ibp", "crown_ibp", "crown"):
+        bound_BS = bounds.margin_lower_bounds(lo, hi, labels, method)
+        assert bound_BS.shape == margins_PBS.shape[1:]
+        gap = (bound_BS - margins_PBS.min(0).values).max().item()
+        assert gap <= 0, f"{method} lower bound exceeds a sampled margin by {gap}"
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_every_intermediate_box_contains_the_sampled_values(method):
+    network = random_network(3)
+    _, lo, hi = input_box(network.input_shape, 2, 0.08, 3)
+    bounds = LinearBounds(network.layers)
+    with torch.no_grad():
+        boxes = bounds.node_boxes(lo, hi, method)
+        for points in box_points(lo, hi, samples=200, seed=3):
+            for node, value, (blo, bhi) in zip(bounds.graph.nodes, bounds.graph.forward(points), boxes):
+                assert (value >= blo).all() and (value <= bhi).all(), f"node {node.index} {node.layer}"
+
+
+def test_graph_forward_matches_the_network():
+    network = random_network(4)
+    x = torch.rand(5, *network.input_shape)
+    values = LinearBounds(network.layers).graph.forward(x)
+    assert torch.allclose(values[-1], network(x), atol=1e-6)
+
+
+def test_affine_network_bound_is_the_exact_minimum():
+    """No ReLU: the margin's minimum over the box is a vertex; back-substitution finds it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.BatchNorm1d(7), nn.Linear(7, 4)).eval()
+    model[2].running_mean.normal_()
+    model[2].running_var.uniform_(0.5, 2)
+    _, lo, hi = input_box((3, 2, 2), 4, 0.1, 0)
+    labels = torch.tensor([0, 1, 2, 3])
+    W = model[3].weight @ torch.diag(model[2].weight / (model[2].running_var + 1e-5).sqrt()) @ model[1].weight
+    C_BSK = spec_matrix(labels, 4)
+    CW_BSI = C_BSK @ W
+    exact_BS = (CW_BSI.clamp(min=0) * lo.flatten(1)[:, None] + CW_BSI.clamp(max=0) * hi.flatten(1)[:, None]).sum(-1)
+    exact_BS += C_BSK @ (model(torch.zeros(1, 3, 2, 2))[0])
+    bound_BS = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, "crown")
+    assert (bound_BS <= exact_BS).all()
+    assert torch.allclose(bound_BS, exact_BS, atol=1e-4)
+
+
+def test_plain_torch_modules_are_bounded_soundly():
+    """The folded export model (plain torch layers) goes through the same tables."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.AvgPool2d(2, 1), nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    x, lo, hi = input_box((2, 6, 6), 3, 0.05, 1)
+    labels = model(x).argmax(1)
+    margins_PBS = empirical_margins(model, box_points(lo, hi), labels, 3)
+    for method in ("ibp", "crown_ibp", "crown"):
+        bound_BS = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)
+        assert (bound_BS <= margins_PBS.min(0).values).all(), method
+
+
+def test_vector_network_with_small_eps_is_certified_by_crown():
+    """A sanity check that the bounds are not vacuous: tiny boxes around confident points."""
+    layers = (ir.Linear(out_features=16), ir.BatchNorm(), ir.ReLU(), ir.Linear(out_features=16), ir.ReLU(),
+              ir.Linear(out_features=3))
+    network = random_network(5, layers=layers, input_shape=(6,), normalize=False)
+    x, lo, hi = input_box((6,), 8, 1e-4, 5)
+    labels = network(x).argmax(1)
+    bound_BS = LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown")
+    margins_PBS = empirical_margins(network, box_points(lo, hi), labels, 3)
+    assert (bound_BS <= margins_PBS.min(0).values).all()
+    assert (bound_BS.min(1).values > 0).float().mean() >= 0.5
+
+
+def test_crown_chunks_give_the_same_bounds():
+    network = random_network(6)
+    _, lo, hi = input_box(network.input_shape, 2, 0.05, 6)
+    labels = torch.tensor([0, 1])
+    whole = LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown")
+    chunked = LinearBounds(network.layers, chunk_elements=500).margin_lower_bounds(lo, hi, labels, "crown")
+    assert torch.allclose(whole, chunked, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_two_input_network_against_a_dense_grid(seed):
+    """In 2-d a grid nearly attains the true minimum, so even slightly unsound rules show."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(1, 2)
+    lo, hi = (x - 0.3).clamp(0, 1), (x + 0.3).clamp(0, 1)
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 201), torch.linspace(0, 1, 201), indexing="ij"), -1)
+    points = (lo + grid.reshape(-1, 2) * (hi - lo))
+    labels = torch.tensor([seed % 3])
+    margins_PS = (spec_matrix(labels, 3)[0] @ model(points).T).T
+    for method in ("ibp", "crown_ibp", "crown"):
+        bound_S = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)[0]
+        assert (bound_S <= margins_PS.min(0).values).all(), method
