@@ -49,8 +49,8 @@ def widen(lo: torch.Tensor, hi: torch.Tensor) -> Box:
 def spec_matrix(labels_B: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C with rows e_y - e_j for every j != y: shape (B, K-1, K)."""
     eye_KK = torch.eye(num_classes, device=labels_B.device)
-    others_BJ = torch.stack([torch.cat([torch.arange(y), torch.arange(y + 1, num_classes)])
-                             for y in labels_B.tolist()]).to(labels_B.device)
+    j_J = torch.arange(num_classes - 1, device=labels_B.device)
+    others_BJ = j_J + (j_J >= labels_B.unsqueeze(1)).long()  # every class but y, in order
     return eye_KK[labels_B].unsqueeze(1) - eye_KK[others_BJ]
 
 
@@ -112,13 +112,15 @@ class LinearBounds:
 
     # ------------------------------------------------------------ back-substitution
 
-    def lower_bound(self, start: int, A_BSX: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
-        """Sound lower bound of ``A . node[start]`` over the input box: shape (B, S)."""
+    def lower_bound(self, start: int, A_BSX: torch.Tensor, boxes: list[Box], stop: int = 0) -> torch.Tensor:
+        """Sound lower bound of ``A . node[start]``: shape (B, S). Back-substitutes down to node
+        ``stop`` and concretises over its box (the input box for ``stop = 0``); ``stop`` must be
+        a node every path from the input to ``start`` passes through."""
         B, S = A_BSX.shape[:2]
         pending = {start: A_BSX}
         bias_BS = A_BSX.new_zeros(B, S)
         magnitude_BS = A_BSX.new_zeros(B, S)
-        for node in reversed(self.graph.nodes[1:start + 1]):
+        for node in reversed(self.graph.nodes[stop + 1:start + 1]):
             A = pending.pop(node.index, None)
             if A is None:
                 continue
@@ -130,8 +132,8 @@ class LinearBounds:
             A_in, bias, magnitude = rules.backward_rule(node.layer)(node.layer, A, *boxes[source])
             bias_BS, magnitude_BS = bias_BS + bias, magnitude_BS + magnitude
             _accumulate(pending, source, A_in)
-        lo_BX, hi_BX = boxes[0]
-        A0 = pending.get(0, torch.zeros_like(lo_BX).unsqueeze(1).expand(B, S, *lo_BX.shape[1:]))
+        lo_BX, hi_BX = boxes[stop]
+        A0 = pending.get(stop, torch.zeros_like(lo_BX).unsqueeze(1).expand(B, S, *lo_BX.shape[1:]))
         lo_1X, hi_1X = lo_BX.unsqueeze(1), hi_BX.unsqueeze(1)
         value_BS = _rows(A0.clamp(min=0) * lo_1X + A0.clamp(max=0) * hi_1X) + bias_BS
         magnitude_BS = magnitude_BS + _rows(A0.abs() * torch.maximum(lo_1X.abs(), hi_1X.abs()))
@@ -154,13 +156,19 @@ class LinearBounds:
             out_lo_BK, out_hi_BK = boxes[self.graph.output]
             C_BSK = spec_matrix(labels, out_lo_BK.shape[1]).to(lo.dtype)
             if method == "ibp":
-                return _ibp_margin(out_lo_BK, out_hi_BK, C_BSK)
+                return self._ibp_margin(out_lo_BK, out_hi_BK, C_BSK, boxes)
             return self.lower_bound(self.graph.output, C_BSK, boxes)
 
-
-def _ibp_margin(lo_BK, hi_BK, C_BSK):
-    value_BS = (C_BSK.clamp(min=0) * lo_BK.unsqueeze(1) + C_BSK.clamp(max=0) * hi_BK.unsqueeze(1)).sum(-1)
-    return widen(value_BS, value_BS)[0]
+    def _ibp_margin(self, lo_BK, hi_BK, C_BSK, boxes: list[Box]) -> torch.Tensor:
+        """IBP's margin bound. When the network ends in an affine layer, C is multiplied into
+        it first (the margin rows of the last layer, as training's IBP loss does): o_y - o_j
+        is bounded as one affine function of the last box instead of as lo_y - hi_j, which
+        cancels the shared part of the two logits."""
+        last = self.graph.nodes[self.graph.output]
+        if last.op == "layer" and not rules.is_relaxed(last.layer) and last.index > 0:
+            return self.lower_bound(last.index, C_BSK, boxes, stop=last.inputs[0])
+        value_BS = (C_BSK.clamp(min=0) * lo_BK.unsqueeze(1) + C_BSK.clamp(max=0) * hi_BK.unsqueeze(1)).sum(-1)
+        return widen(value_BS, value_BS)[0]
 
 
 def _is_maxpool(layer: nn.Module) -> bool:

@@ -138,3 +138,29 @@ def test_two_input_network_against_a_dense_grid(seed):
     for method in ("ibp", "crown_ibp", "crown"):
         bound_S = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)[0]
         assert (bound_S <= margins_PS.min(0).values).all(), method
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_ibp_certification_bounds_the_margin_through_the_last_layer(seed):
+    # Certification's IBP must be as tight as training's (margin rows of the last linear
+    # layer), else `tapsc certify` proves fewer samples than `tapsc eval` reports.
+    from tapsc.certify.linear import REL_MARGIN
+    from tapsc.method.losses import ibp_margin_upper
+
+    network = random_network(seed)
+    network.eval()
+    x, lo, hi = input_box(network.input_shape, 4, 0.02, seed)
+    labels = network(x).argmax(1)
+    bounds = LinearBounds(network.layers)
+    certify_BS = bounds.margin_lower_bounds(lo, hi, labels, "ibp")
+    with torch.no_grad():
+        upper_BK = ibp_margin_upper(network, lo, hi, labels)
+    C_BSK = spec_matrix(labels, network.num_classes)
+    training_BS = -torch.einsum("bsk,bk->bs", -C_BSK.clamp(max=0), upper_BK)  # rows j != y
+    slack = 1e-3 * training_BS.abs().max().item() + 1e-4 + REL_MARGIN
+    assert (certify_BS >= training_BS - slack).all()
+    # ... and strictly tighter than bounding each logit separately on this network.
+    boxes = bounds.node_boxes(lo, hi, "ibp")
+    out_lo, out_hi = boxes[bounds.graph.output]
+    separate_BS = out_lo.gather(1, labels[:, None]) - (out_hi.unsqueeze(1) * -C_BSK.clamp(max=0)).sum(-1)
+    assert (certify_BS >= separate_BS - 1e-5).all() and (certify_BS > separate_BS + 1e-4).any()
