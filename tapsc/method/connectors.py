@@ -71,15 +71,36 @@ class _Connect(torch.autograd.Function):
     def forward(ctx, z_hat, z_lo, z_hi, c):
         ctx.save_for_backward(z_hat, z_lo, z_hi)
         ctx.c = c
-        return z_hat.clone()
+        return z_hat.view_as(z_hat)  # an alias: a (B, E, *Z) copy would cost a memory pass
 
     @staticmethod
     def backward(ctx, grad_out):
         z_hat, z_lo, z_hi = ctx.saved_tensors
-        d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, ctx.c)
-        grad_lo = (grad_out * d_lo).sum_to_size(z_lo.shape) if ctx.needs_input_grad[1] else None
-        grad_hi = (grad_out * d_hi).sum_to_size(z_hi.shape) if ctx.needs_input_grad[2] else None
+        if ctx.c == 0:
+            d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, ctx.c)
+            grad_lo = (grad_out * d_lo).sum_to_size(z_lo.shape) if ctx.needs_input_grad[1] else None
+            grad_hi = (grad_out * d_hi).sum_to_size(z_hi.shape) if ctx.needs_input_grad[2] else None
+            return None, grad_lo, grad_hi, None
+        width = z_hi - z_lo  # bounds-shaped, (B, 1, *Z): E times smaller than z_hat
+        degenerate = width <= 0
+        safe = torch.where(degenerate, torch.ones_like(width), width) * ctx.c
+        grad_lo = grad_hi = None
+        if ctx.needs_input_grad[1]:
+            grad_lo = _weighted_sum(z_hat - z_lo, safe, degenerate, grad_out, z_lo.shape)
+        if ctx.needs_input_grad[2]:
+            grad_hi = _weighted_sum(z_hi - z_hat, safe, degenerate, grad_out, z_hi.shape)
         return None, grad_lo, grad_hi, None
+
+
+def _weighted_sum(distance, safe, degenerate, grad_out, shape):
+    """sum over estimators of grad_out * where(degenerate, 0.5, max(0, 1 - distance / safe)).
+
+    The same arithmetic as ``connector_weights`` (so the same bits), in place on the one
+    z_hat-sized temporary ``distance``: the backward pass of a (B, K-1, *Z) latent is
+    memory-bound, and every fresh temporary costs a pass and, on CPU, page faults.
+    """
+    weight = distance.div_(safe).neg_().add_(1).clamp_(min=0).masked_fill_(degenerate, 0.5)
+    return weight.mul_(grad_out).sum_to_size(shape)
 
 
 def connect(z_hat: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, c: float) -> torch.Tensor:

@@ -61,12 +61,15 @@ def pgd_attack(network, x: torch.Tensor, y: torch.Tensor, eps: float, attack: ir
     frozen = network.frozen_batchnorm(detach=True) if hasattr(network, "frozen_batchnorm") else nullcontext()
     with frozen, torch.enable_grad():
         for index in range(attack.steps + 1):
-            x_adv.requires_grad_(True)
-            value = objective(network(x_adv), y_R)
+            last = index == attack.steps
+            x_adv.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):  # the last pass only scores the final points
+                value = objective(network(x_adv), y_R)
             improved = value.detach() > best_value
             best_value = torch.where(improved, value.detach(), best_value)
-            best_x[improved] = x_adv.detach()[improved]
-            if index == attack.steps:
+            # torch.where, not boolean indexing: no device sync, no gather/scatter copies
+            torch.where(improved.reshape((-1,) + (1,) * (x.dim() - 1)), x_adv.detach(), best_x, out=best_x)
+            if last:
                 break
             grad, = torch.autograd.grad(value.sum(), x_adv)
             x_adv = torch.minimum(torch.maximum(x_adv.detach() + step * grad.sign(), lo_R), hi_R)

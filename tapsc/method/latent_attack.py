@@ -11,8 +11,13 @@ z <- clip(z + sign(g) * lr * (z_hi - z_lo), z_lo, z_hi); lr0 = step_size or
 max(0.2, 2 / steps), decayed x0.1 at 0.7 * steps; the best iterate per row is kept,
 random start included. Performance: the bounds are detached and BatchNorm uses the
 clean batch's detached statistics, so attack steps never backpropagate into the
-extractor and never touch running statistics. Only the final pass of the chosen
-points (through the connector) is differentiable.
+extractor and never touch running statistics; each step asks autograd for the gradient
+of the latent only (no parameter gradients), the final scoring pass runs without a
+graph, and the (B*E*R, *Z) iterate, best point and step are updated in place (on CPU
+every fresh tensor of that size costs a memory pass plus page faults). Only the final
+pass of the chosen points (through the connector) is differentiable. The attack's cost
+is then two classifier matmuls per step over B*(K-1)*R rows (forward and the
+gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md.
 
 Shape legend: B batch, E estimators (K - 1 or 1), R restarts, K classes, Z... latent dims.
 """
@@ -56,22 +61,34 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
     if multi:
         wrong_BE = wrong_classes(y_B, estimators + 1)
         wrong_N = wrong_BE[:, :, None].expand(batch, estimators, restarts).reshape(rows)
-    z = lo + torch.rand((batch, estimators, restarts) + latent, device=lo.device, dtype=lo.dtype) * width
+    z = torch.rand((batch, estimators, restarts) + latent, device=lo.device, dtype=lo.dtype).mul_(width).add_(lo)
     best_z, best_value = z.clone(), torch.full((rows,), float("-inf"), device=lo.device, dtype=lo.dtype)
     lr0 = attack.step_size if attack.step_size is not None else max(0.2, 2 / attack.steps)
     decay_step = math.ceil(LR_DECAY_AT * attack.steps)
+    step_width = {}  # lr * width per learning rate, (B, 1, 1, *Z): computed once, not per step
     for step in range(attack.steps + 1):
-        z.requires_grad_(True)
-        value_N = _objective(classifier(z.reshape((rows,) + latent)), y_N, wrong_N)
-        improved_N = value_N.detach() > best_value
-        best_value = torch.where(improved_N, value_N.detach(), best_value)
-        best_z = torch.where(improved_N.reshape((batch, estimators, restarts) + (1,) * len(latent)),
-                             z.detach(), best_z)
-        if step == attack.steps:
+        last = step == attack.steps
+        z.requires_grad_(not last)
+        with torch.set_grad_enabled(not last):  # the last pass only scores the final points
+            value_N = _objective(classifier(z.reshape((rows,) + latent)), y_N, wrong_N)
+        value_N, graph_N = value_N.detach(), value_N
+        improved_N = value_N > best_value
+        best_value = torch.where(improved_N, value_N, best_value)
+        # In place (out aliases best_z): on CPU a fresh (B*E*R, *Z) tensor per step costs page faults.
+        torch.where(improved_N.reshape((batch, estimators, restarts) + (1,) * len(latent)), z.detach(), best_z,
+                    out=best_z)
+        if last:
             break
-        grad, = torch.autograd.grad(value_N.sum(), z)
+        grad, = torch.autograd.grad(graph_N.sum(), z)
         lr = lr0 * (LR_DECAY if step >= decay_step else 1.0)
-        z = torch.minimum(torch.maximum(z.detach() + grad.sign() * lr * width, lo), hi)
+        if lr not in step_width:
+            step_width[lr] = width * lr  # same rounding as (sign * lr) * width: sign is exactly 0 or +-1
+        # z + sign(g) * lr * width, clipped to the box, updated in place (the step's graph is freed).
+        direction = grad.sign_() if grad.is_contiguous() else grad.sign()
+        z = z.detach().addcmul_(direction, step_width[lr]).clamp_(lo, hi)
+        del grad, direction  # free before the next step's gradient is allocated
+    if restarts == 1:
+        return best_z[:, :, 0]
     winner_BE = best_value.reshape(batch, estimators, restarts).argmax(2)
     index = winner_BE.reshape((batch, estimators, 1) + (1,) * len(latent)).expand(
         (batch, estimators, 1) + latent)
@@ -96,7 +113,7 @@ def latent_attack(network, z_lo: torch.Tensor, z_hi: torch.Tensor, y: torch.Tens
             part = slice(start, start + per_chunk)
             chunks.append(_attack_chunk(network.classifier, lo[part], hi[part], y[part], estimators,
                                         attack, multi))
-    return torch.cat(chunks)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 def margins_at(network, z_BE: torch.Tensor, y: torch.Tensor, multi: bool) -> torch.Tensor:

@@ -80,3 +80,18 @@ def combine_scaled(l_taps: torch.Tensor, l_ibp: torch.Tensor, weight: float) -> 
     taps_scaled = 2 * a * l_taps + (1 - 2 * a) * l_taps.detach()
     ibp_scaled = (2 - 2 * a) * l_ibp + (2 * a - 1) * l_ibp.detach()
     return taps_scaled * ibp_scaled
+
+
+def combine_scaled_over_ranks(l_taps: torch.Tensor, l_ibp: torch.Tensor, weight: float,
+                              taps_mean: torch.Tensor, ibp_mean: torch.Tensor) -> torch.Tensor:
+    """``combine_scaled`` for one rank's share of a data-parallel batch.
+
+    ``l_taps``/``l_ibp`` are this rank's batch means, ``taps_mean``/``ibp_mean`` the means
+    over every rank (detached). The value is the global product; the gradient is this rank's
+    share 2a dL_TAPS,r L_IBP + (2 - 2a) dL_IBP,r L_TAPS, so averaging the ranks' gradients
+    (as the all-reduce does) gives exactly the gradient of the product of the global means,
+    not the mean of per-rank products. With one rank it equals ``combine_scaled``.
+    """
+    a = weight / (1.0 + weight)
+    share = 2 * a * l_taps * ibp_mean + (2 - 2 * a) * l_ibp * taps_mean
+    return share - share.detach() + taps_mean * ibp_mean

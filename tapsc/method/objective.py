@@ -9,7 +9,8 @@ accuracy), then adds its robust loss:
 - ibp: IBP loss (eps = 0 is plain CE) + Shi regularizer during the ramp.
 - sabr: IBP loss of SABR's small box + Shi regularizer during the ramp.
 - taps: L_TAPS * L_IBP of batch means with App. A gradient scaling by w; the IBP factor
-  is the classifier's IBP on the same latent box (as in the authors' code).
+  is the classifier's IBP on the same latent box (as in the authors' code). With several
+  processes the means are those of the global batch.
 - staps: as taps, on SABR's small box instead of the eps box.
 An L1 penalty ``l1 * l1_penalty(network)`` is added when ``l1 > 0``.
 
@@ -22,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from tapsc import ir
+from tapsc import distributed, ir
 from tapsc.method import losses
 from tapsc.method.input_attack import input_box
 from tapsc.method.latent_attack import taps_margins
@@ -108,7 +109,12 @@ def _taps_on_box(network, phase, lo, hi, y):
     z_lo, z_hi = network.extractor_box(lo, hi)
     l_ibp = losses.bound_ce(losses.ibp_margin_upper(network, z_lo, z_hi, y, start=network.split), y)
     l_taps = losses.bound_ce(taps_margins(network, z_lo, z_hi, y, phase.attack, phase.connector), y)
-    loss = losses.combine_scaled(l_taps, l_ibp, phase.weight)
+    context = distributed.current()
+    if context.active:  # the product of the GLOBAL batch means, as one process would take it
+        taps_mean, ibp_mean = distributed.mean_over_ranks(torch.stack([l_taps.detach(), l_ibp.detach()]), context)
+        loss = losses.combine_scaled_over_ranks(l_taps, l_ibp, phase.weight, taps_mean, ibp_mean)
+    else:
+        loss = losses.combine_scaled(l_taps, l_ibp, phase.weight)
     return loss, {"taps": float(l_taps.detach()), "ibp": float(l_ibp.detach())}
 
 

@@ -88,3 +88,48 @@ def test_taps_gradient_reaches_the_extractor_through_the_connector():
     estimates.sum().backward()
     first_conv = network.layers[0]
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+def _plain_attack(classifier, lo_B, hi_B, y_B, attack):
+    """The latent attack written out plainly (fresh tensors every step): the reference the
+    optimised in-place loop must reproduce bit for bit."""
+    import math
+
+    from tapsc.method.latent_attack import LR_DECAY, LR_DECAY_AT
+
+    batch, estimators, restarts, latent = lo_B.shape[0], 4, attack.restarts, tuple(lo_B.shape[1:])
+    lo, hi = lo_B.reshape((batch, 1, 1) + latent), hi_B.reshape((batch, 1, 1) + latent)
+    width, rows = hi - lo, batch * estimators * restarts
+    y_N = y_B[:, None, None].expand(batch, estimators, restarts).reshape(rows)
+    wrong_N = wrong_classes(y_B, 5)[:, :, None].expand(batch, estimators, restarts).reshape(rows)
+    z = lo + torch.rand((batch, estimators, restarts) + latent) * width
+    best_z, best = z.clone(), torch.full((rows,), float("-inf"))
+    lr0, decay = max(0.2, 2 / attack.steps), math.ceil(LR_DECAY_AT * attack.steps)
+    for step in range(attack.steps + 1):
+        z.requires_grad_(True)
+        logits = classifier(z.reshape((rows,) + latent))
+        value = logits.gather(1, wrong_N[:, None])[:, 0] - logits.gather(1, y_N[:, None])[:, 0]
+        improved = value.detach() > best
+        best = torch.where(improved, value.detach(), best)
+        best_z = torch.where(improved.reshape((batch, estimators, restarts) + (1,) * len(latent)), z.detach(), best_z)
+        if step == attack.steps:
+            break
+        grad, = torch.autograd.grad(value.sum(), z)
+        lr = lr0 * (LR_DECAY if step >= decay else 1.0)
+        z = torch.minimum(torch.maximum(z.detach() + grad.sign() * lr * width, lo), hi)
+    index = best.reshape(batch, estimators, restarts).argmax(2)
+    index = index.reshape((batch, estimators, 1) + (1,) * len(latent)).expand((batch, estimators, 1) + latent)
+    return best_z.gather(2, index)[:, :, 0]
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_in_place_attack_loop_matches_the_plain_loop_bit_for_bit(restarts):
+    network = build(split=2, seed=5)
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
+    attack = ir.LatentAttack(steps=9, restarts=restarts)
+    torch.manual_seed(7)
+    fast = latent_attack(network, z_lo, z_hi, y, attack)
+    torch.manual_seed(7)
+    with network.frozen_batchnorm(detach=True):
+        plain = _plain_attack(network.classifier, z_lo.detach(), z_hi.detach(), y, attack)
+    assert torch.equal(fast, plain)

@@ -1,0 +1,94 @@
+"""Shared pieces of the benchmarks: specs through the real language, timing, peak memory.
+
+Every network is built from a spec string that calls the library block ``cnn7`` and goes
+through the whole language -> IR -> compile path (``load_spec_text``, ``compile_network``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tapsc.spec import load_spec_text
+
+CIFAR_NORMALIZE = "normalize mean (0.4914, 0.4822, 0.4465) std (0.2470, 0.2435, 0.2616)"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A dataset shape: the data section of the spec, the input shape, the batch and eps."""
+
+    name: str
+    settings: str  # data settings besides the batch
+    input_shape: tuple[int, int, int]
+    batch: int
+    eps: str  # as spec text
+
+
+SHAPES = {
+    "cifar10": Shape("cifar10", CIFAR_NORMALIZE, (3, 32, 32), 128, "8/255"),
+    "mnist": Shape("mnist", "", (1, 28, 28), 256, "0.3"),
+}
+
+
+def spec_text(shape: Shape, batch: int, phase: str, relus_in_classifier: int = 0, width: int = 64) -> str:
+    """A CNN7 spec with one phase, as a user would write it."""
+    settings = f"{shape.settings}; " if shape.settings else ""
+    return (f"data {shape.name} {{ {settings}batch {batch} }}\n"
+            f"model cnn7(classes = 10, width = {width})\n"
+            f"split relus_in_classifier = {relus_in_classifier}\n"
+            f"perturbation linf {{ eps {shape.eps} }}\n"
+            f"method {{\n  init shi\n  phase {phase}\n}}\n"
+            f"optimizer adam {{ lr 5e-4; clip 10; epochs 1; seed 0 }}\n")
+
+
+def load(text: str):
+    return load_spec_text(text, filename="<benchmark>")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds for one call of ``fn`` (device work included)."""
+    synchronize(device)
+    started = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def peak_memory_bytes(fn, device: torch.device) -> int:
+    """Peak bytes of tensors allocated during one call of ``fn``, above what was live before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the allocation/free events of
+    ``torch.profiler`` (profile_memory) replayed in time order; this counts tensor storage
+    the way the CUDA figure does, and needs no subprocess or tracemalloc.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and "CPU" in str(e.device_type())]
+    live = peak = 0
+    for _, nbytes in sorted(events):
+        live += nbytes
+        peak = max(peak, live)
+    return int(peak)

@@ -1,0 +1,348 @@
+"""Training-step benchmark: every method's step against the IBP step of the same run.
+
+    .venv/bin/python benchmarks/train_step.py [--device cpu|cuda] [--quick] [--json out.json]
+
+CNN7 (the library block ``cnn7``, through the real spec -> IR -> compile path) on
+synthetic CIFAR-10-shaped (batch 128) and MNIST-shaped (batch 256) data, fixed seed.
+For each method: the median seconds of a full training step (forward, backward, gradient
+clipping, Adam step) after warm-up, and the peak memory of one step; then each method's
+ratio to the IBP step measured in the same run. Methods are interleaved within every
+repetition (in a rotating order), so load on a shared machine hits all of them alike.
+Then certification throughput (``benchmarks/certify_throughput.py``) unless ``--no-certify``.
+
+On CUDA every method also runs with bf16 autocast and with ``torch.compile`` (four
+variants, each with its own IBP baseline). ``--quick`` is a smoke test (tiny width and
+batch, one repetition), not a measurement.
+
+Every spec of one shape compiles to the same layers and differs only in ``split`` (and
+the phase), so one network and one Adam state serve every method of a shape: the
+methods are timed on the same weights and the benchmark holds one model in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import SHAPES, Shape, load, median, peak_memory_bytes, spec_text, timed
+
+from tapsc.compile import compile_network
+from tapsc.method import phase_loss
+
+BASELINE = "ibp"
+STEPS = (20, 8)  # the paper's attack (20 steps, 1 restart) and a cheaper one
+QUICK_STEPS = (2,)  # --quick: exercise every code path, measure nothing
+CNN7_RELUS = 6
+
+
+@dataclass(frozen=True)
+class Method:
+    """One benchmarked training step: a phase (spec text) at a split and eps."""
+
+    name: str
+    kind: str
+    phase: str
+    relus_in_classifier: int = 0
+    attack_steps: int | None = None
+    eps_fraction: float = 1.0  # eps = fraction * target; Shi's regularizer is on only during the ramp
+
+
+def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method]:
+    """natural, IBP, IBP + Shi, then per attack setting: PGD, SABR, TAPS at every split, STAPS."""
+    cap = f", estimation_batch = {estimation_batch}" if estimation_batch else ""
+    methods = [Method("natural", "natural", "natural"),
+               Method("ibp", "ibp", "ibp"),
+               Method("ibp_shi", "ibp", "ibp with shi_regularizer 0.5", eps_fraction=0.5)]
+    for s in steps:
+        methods.append(Method(f"pgd_steps{s}", "pgd", f"pgd {{ attack pgd(steps = {s}) }}", attack_steps=s))
+        methods.append(Method(f"sabr_steps{s}", "sabr", f"sabr {{ lambda 0.7; attack pgd(steps = {s}) }}",
+                              attack_steps=s))
+        for n in range(CNN7_RELUS + 1):
+            methods.append(Method(f"taps_relu{n}_steps{s}", "taps",
+                                  f"taps {{ attack pgd(steps = {s}, multi{cap}); weight 5 }}", n, s))
+        methods.append(Method(f"staps_relu1_steps{s}", "staps",
+                              f"staps {{ attack pgd(steps = {s}, multi{cap}); weight 5; lambda 0.7 }}", 1, s))
+    return methods
+
+
+def select(methods: list[Method], patterns: str | None) -> list[Method]:
+    """The methods matching any comma-separated glob; the IBP baseline is always kept."""
+    if not patterns:
+        return methods
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    return [m for m in methods if m.name == BASELINE or any(fnmatch.fnmatch(m.name, p) for p in wanted)]
+
+
+@dataclass
+class Case:
+    method: Method
+    split: int
+    phase: object
+    eps: float
+    eps_target: float
+
+
+def classifier_share(network, input_shape, split: int) -> float:
+    """Share of one sample's forward multiply-adds (conv, linear) spent in ``layers[split:]``."""
+    macs: list[tuple[int, int]] = []
+    hooks = []
+    for index, layer in enumerate(network.layers):
+        def hook(module, inputs, output, index=index):
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.dim() in (2, 4):
+                per_output = weight[0].numel()
+                macs.append((index, output[0].numel() * per_output))
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        network(torch.zeros((1,) + tuple(input_shape), device=next(network.parameters()).device))
+    network.train(was_training)
+    for handle in hooks:
+        handle.remove()
+    total = sum(m for _, m in macs)
+    return sum(m for i, m in macs if i >= split) / max(total, 1)
+
+
+def mac_model_ratio(share: float, steps: int, classes: int = 10) -> float:
+    """The TAPS step over the IBP step predicted by counting multiply-adds.
+
+    An IBP step costs about 9 forward passes per sample (clean forward and the two
+    interval convolutions, each with a backward pass of twice its cost). TAPS adds, per
+    sample and for each of the K - 1 estimators, one classifier forward and one latent
+    gradient per attack step plus a final scoring pass: (K - 1) (2 steps + 1) classifier
+    passes of ``share`` of a forward each.
+    """
+    return 1 + share * (classes - 1) * (2 * steps + 1) / 9
+
+
+def make_step(network, optimizer, case: Case, x, y, amp: bool, compiled: bool, clip: float):
+    def loss_of():
+        return phase_loss(network, case.phase, x, y, case.eps, case.eps_target)[0]
+
+    loss_fn = loss_of
+    if compiled:
+        import torch._dynamo.config as dynamo_config
+
+        # Every method's closure shares one code object and guards on network.split: raise the
+        # recompile limit so later methods are compiled too rather than silently run eagerly.
+        name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+        loss_fn = torch.compile(loss_of)
+
+    def step():
+        network.split = case.split
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+        optimizer.step()
+
+    return step
+
+
+def build_cases(shape: Shape, batch: int, width: int, methods: list[Method], device):
+    """One network for the shape and a Case per method (each spec compiled to find its split)."""
+    network = None
+    cases = []
+    for method in methods:
+        spec = load(spec_text(shape, batch, method.phase, method.relus_in_classifier, width))
+        torch.manual_seed(0)
+        compiled = compile_network(spec)
+        if network is None:
+            network, reference = compiled.to(device).train(), spec
+        elif [type(layer) for layer in compiled.layers] != [type(layer) for layer in network.layers]:
+            raise AssertionError(f"{method.name}: the spec compiles to different layers")
+        target = float(spec.perturbation.eps)
+        cases.append(Case(method, compiled.split, spec.method.phases[0], method.eps_fraction * target, target))
+    return network, reference, cases
+
+
+def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], device, reps: int, warmup: int,
+                  amp: bool, compiled: bool, memory: bool, log=print) -> list[dict]:
+    """Time (and measure the memory of) every method for one shape and variant."""
+    network, spec, cases = build_cases(shape, batch, width, methods, device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=spec.optimizer.lr)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand((batch,) + shape.input_shape, generator=generator).to(device)
+    y = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    steps = {c.method.name: make_step(network, optimizer, c, x, y, amp, compiled, spec.optimizer.clip or 10.0)
+             for c in cases}
+    errors: dict[str, str] = {}
+    for name, step in list(steps.items()):
+        try:
+            for _ in range(max(warmup, 1 if compiled else 0)):  # never time the compilation
+                step()
+        except Exception as error:  # noqa: BLE001  (a variant that cannot run, e.g. torch.compile, is reported)
+            errors[name] = f"{type(error).__name__}: {error}"[:300]
+            del steps[name]
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for rep in range(reps):
+        shift = rep % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(steps[name], device))
+        log(f"  {shape.name} {variant_name(amp, compiled)}: repetition {rep + 1}/{reps} done")
+    peaks = {name: peak_memory_bytes(step, device) for name, step in steps.items()} if memory else {}
+    base_time = median(times.get(BASELINE, []))
+    base_peak = peaks.get(BASELINE)
+    rows = []
+    for case in cases:
+        name = case.method.name
+        row = {"shape": shape.name, "batch": batch, "width": width, "variant": variant_name(amp, compiled),
+               **{k: v for k, v in asdict(case.method).items() if k != "phase"}, "phase": case.method.phase,
+               "eps": case.eps, "split": case.split}
+        if case.method.kind in ("taps", "staps"):
+            share = classifier_share(network, shape.input_shape, case.split)
+            row["classifier_share"] = round(share, 4)
+            if case.method.kind == "taps":
+                row["mac_model_ratio"] = round(mac_model_ratio(share, case.method.attack_steps), 3)
+        if name in errors:
+            row["error"] = errors[name]
+        else:
+            row.update(median_s=median(times[name]), times_s=times[name],
+                       ratio_to_ibp=median(times[name]) / base_time)
+            if name in peaks:
+                row.update(peak_mb=peaks[name] / 2**20, memory_ratio_to_ibp=peaks[name] / max(base_peak, 1))
+        rows.append(row)
+    return rows
+
+
+def variant_name(amp: bool, compiled: bool) -> str:
+    return ("bf16" if amp else "fp32") + ("+compile" if compiled else "")
+
+
+def variants(device, amp: str, compile_: str) -> list[tuple[bool, bool]]:
+    """(autocast, torch.compile) pairs: only fp32 eager on CPU unless asked."""
+    cuda = device.type == "cuda"
+    amps = {"on": [True], "off": [False], "both": [False, True], "auto": [False, True] if cuda else [False]}[amp]
+    compiles = {"on": [True], "off": [False], "both": [False, True],
+                "auto": [False, True] if cuda else [False]}[compile_]
+    return [(a, c) for a in amps for c in compiles]
+
+
+def render(rows: list[dict], certify: dict | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=130)  # logs and pipes: do not squeeze the table to 80 columns
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["shape"], row["batch"], row["width"], row["variant"]), []).append(row)
+    for (shape, batch, width, variant), group in groups.items():
+        table = Table(title=f"training step, CNN7 (width {width}) {shape} batch {batch}, {variant}")
+        for column in ("method", "ReLUs in clf", "clf share", "median s", "x IBP", "MAC model x IBP", "peak MiB",
+                       "mem x IBP"):
+            table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
+        for row in group:
+            if "error" in row:
+                table.add_row(row["name"], "", "", "[red]error[/red]", "", "", "", "")
+                continue
+            share = row.get("classifier_share")
+            model = row.get("mac_model_ratio")
+            table.add_row(row["name"], str(row["relus_in_classifier"]) if share is not None else "",
+                          f"{share:.1%}" if share is not None else "", f"{row['median_s']:.3f}",
+                          f"{row['ratio_to_ibp']:.2f}", f"{model:.2f}" if model is not None else "",
+                          f"{row['peak_mb']:.0f}" if "peak_mb" in row else "",
+                          f"{row['memory_ratio_to_ibp']:.2f}" if "memory_ratio_to_ibp" in row else "")
+        console.print(table)
+    if certify:
+        from certify_throughput import render as render_certify
+
+        render_certify(certify, console)
+
+
+def machine(device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "device": str(device)}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        info["cpu"] = models[0] if models else None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: width 4, batch 2, 2-step attacks, one repetition, no warm-up")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--shapes", default="cifar10,mnist", help="comma-separated: cifar10, mnist")
+    parser.add_argument("--methods", help="comma-separated globs over method names, e.g. 'ibp*,taps_relu1_*'")
+    parser.add_argument("--batch", type=int, help="override every shape's batch (default 128 CIFAR, 256 MNIST)")
+    parser.add_argument("--width", type=int, default=64, help="CNN7 width (64 is the paper's)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per method")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
+    parser.add_argument("--estimation-batch", type=int, help="cap the latent attack's rows (TAPS, STAPS)")
+    parser.add_argument("--amp", choices=("auto", "on", "off", "both"), default="auto")
+    parser.add_argument("--compile", choices=("auto", "on", "off", "both"), default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
+    parser.add_argument("--no-certify", action="store_true", help="skip certification throughput")
+    parser.add_argument("--run-dir", type=Path, help="trained run for the CROWN-vs-IBP count (default: train "
+                        "specs/quickstart.taps here)")
+    args = parser.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.quick:
+        args.width, args.reps, args.warmup = 4, 1, 0
+        args.batch = args.batch or 2
+        args.threads = args.threads or 1  # tiny ops: threads only contend on a shared machine
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, device)
+    finally:
+        torch.set_num_threads(threads)  # main() may run inside another process (the tests)
+
+
+def _run(args, device) -> dict:
+    torch.manual_seed(0)
+    steps = QUICK_STEPS if args.quick else STEPS
+    methods = select(all_methods(steps, estimation_batch=args.estimation_batch), args.methods)
+    rows = []
+    for name in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+        shape = SHAPES[name]
+        for amp, compiled in variants(device, args.amp, args.compile):
+            rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device, args.reps,
+                                  args.warmup, amp, compiled, not args.no_memory, log=_log)
+    certify = None
+    if not args.no_certify:
+        from certify_throughput import certify_throughput
+
+        certify = certify_throughput(device, quick=args.quick, run_dir=args.run_dir, log=_log)
+    result = {"machine": machine(device),
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "baseline": BASELINE, "results": rows, "certify": certify}
+    render(rows, certify)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
