@@ -4,6 +4,7 @@ typer app and turns user mistakes (TapscError) into rendered diagnostics and exi
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -42,12 +43,34 @@ def user_errors_exit(fn: F) -> F:
 
 
 def main() -> None:
-    app(prog_name="tapsc")
+    if not _is_distributed_worker():
+        app(prog_name="tapsc")
+        return
+    # A worker leaves without running C++ static destructors: after the process group is
+    # destroyed, a c10d/Gloo thread can still be joinable at interpreter teardown, and its
+    # destructor aborts the process (SIGABRT, "terminate called without an active
+    # exception") after all work is done and written. Flush, then exit with the real code.
+    try:
+        app(prog_name="tapsc")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _is_distributed_worker() -> bool:
+    """Inside a worker of torchrun / `--nproc-per-node` (the launcher's variables set)."""
+    keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+    return all(key in os.environ for key in keys) and os.environ["WORLD_SIZE"] not in ("", "0", "1")
 
 
 # Each command module adds its commands to `app` when imported; they import `app`
 # from here, so this import stays at the bottom.
-from tapsc.commands import language, train, verify  # noqa: E402, F401
+from tapsc.commands import experiment, language, train, verify  # noqa: E402, F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -309,6 +309,12 @@ class Export(Node):
     timeout: PositiveFloat = 300.0  # seconds per instance
 
 
+class Distributed(Node):
+    """Settings that matter only when several processes train one run."""
+
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch, not each rank's share
+
+
 class Spec(Node):
     data: Data
     model: Model
@@ -318,3 +324,4 @@ class Spec(Node):
     optimizer: Optimizer
     eval: Eval = Eval()
     export: Export = Export()
+    distributed: Distributed = Distributed()

@@ -41,16 +41,25 @@ def _is_name(text: str) -> bool:
         and text not in ("true", "false", "none")
 
 
-def _changed(node: BaseModel, skip: Iterable[str] = ()) -> dict[str, Any]:
-    """Fields of ``node`` that differ from their default (required fields always)."""
+def _changed(node: BaseModel, skip: Iterable[str] = (), baseline: BaseModel | None = None) -> dict[str, Any]:
+    """Fields of ``node`` that differ from ``baseline``'s values (default: the class defaults;
+    required fields always)."""
     out = {}
     for name, info in type(node).model_fields.items():
         if name in ("span", "kind") or name in skip:
             continue
         value = getattr(node, name)
-        if info.is_required() or value != info.default:
+        default = getattr(baseline, name) if baseline is not None else info.default
+        if info.is_required() or value != default:
             out[name] = value
     return out
+
+
+def _attack(name: str, attack: BaseModel, owner: BaseModel) -> str:
+    """`name pgd(...)` with the settings that differ from the owner's default attack, which is
+    what the reader fills the unnamed ones from (eval's default attack is not InputAttack())."""
+    baseline = type(owner).model_fields[name].default
+    return f"{name} {_call('pgd', [], _changed(attack, baseline=baseline))}"
 
 
 def _call(name: str, positional: list[Any], named: dict[str, Any]) -> str:
@@ -130,7 +139,7 @@ def _phase(phase: ir.Node) -> list[str]:
         if isinstance(value, ir.Connector):
             lines.append(f"connector {_call(value.kind, [], {'c': value.c})}")
         elif isinstance(value, (ir.InputAttack, ir.LatentAttack)):
-            lines.append(f"{name} {_call('pgd', [], _changed(value))}")
+            lines.append(_attack(name, value, phase))
         else:
             lines.append(f"{name} {value_text(value)}")
     return _section(head, lines)
@@ -147,7 +156,7 @@ def _settings(head: str, node: BaseModel) -> list[str]:
     lines = []
     for name, value in _changed(node).items():
         if isinstance(value, (ir.InputAttack, ir.LatentAttack)):
-            lines.append(f"{name} {_call('pgd', [], _changed(value))}")
+            lines.append(_attack(name, value, node))
         else:
             lines.append(f"{name} {value_text(value)}")
     return _section(head, lines)
@@ -166,6 +175,7 @@ def print_spec(spec: ir.Spec) -> str:
         _settings(f"optimizer {spec.optimizer.kind}", spec.optimizer),
         _settings("eval", spec.eval),
         _settings("export", spec.export),
+        _settings("distributed", spec.distributed) if _changed(spec.distributed) else [],
     ]
     return "\n".join(line for part in parts for line in part) + "\n"
 

@@ -8,6 +8,16 @@ every epoch reseeds torch, numpy and random from (seed, epoch), and shuffles wit
 -- weights, BatchNorm statistics, optimizer and lr-scheduler state -- is in the
 checkpoint, so restarting at the epoch after the last checkpoint replays the rest.
 
+Several processes (``tapsc.distributed``; torchrun or ``--nproc-per-node``): data
+parallel. Every rank holds the whole network, takes ``data.batch / world_size`` samples
+of each global batch from a ``DistributedSampler`` (reseeded per epoch), and the
+gradients are averaged over the ranks before clipping and the optimizer step, so the
+weights stay identical everywhere. Rank 0 alone measures the selection metrics, writes
+checkpoints, metrics and results and emits events; BatchNorm running statistics are
+averaged over the ranks at every epoch end, so the checkpoint is the state of every
+rank and resuming replays the rest as on one process. Random streams are seeded from
+(seed, epoch, rank): rank 0 draws what a single process draws.
+
 Shape legend: B batch, K classes.
 """
 
@@ -24,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tapsc import ir, rundir
+from tapsc import distributed, ir, rundir
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
 
@@ -53,11 +63,15 @@ class TrainingDiverged(TapscError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; in a worker of a
+    distributed run, ``cuda:LOCAL_RANK`` or the CPU (``tapsc.distributed.worker_device``).
 
     Raises:
         TapscError: an unknown device, or CUDA asked for but absent.
     """
+    context = distributed.current()
+    if context.active:
+        return distributed.worker_device(name, context)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -85,9 +99,10 @@ def apply_options(spec: ir.Spec, options: RunOptions) -> ir.Spec:
     return spec
 
 
-def seed_everything(seed: int, epoch: int) -> None:
-    """Seed torch, numpy and random from (seed, epoch); epoch -1 is initialisation."""
-    value = (seed * 1_000_003 + epoch + 1) % (2**32)
+def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch, numpy and random from (seed, epoch, rank); epoch -1 is initialisation.
+    Rank 0 gets the stream of a single process; other ranks draw their own attack starts."""
+    value = (seed * 1_000_003 + epoch + 1 + rank * 7_919_000_003) % (2**32)
     torch.manual_seed(value)
     np.random.seed(value)
     random.seed(value)
@@ -131,6 +146,21 @@ def make_optimizer(spec: ir.Spec, network: torch.nn.Module):
     return optimizer, scheduler
 
 
+def check_batch(spec: ir.Spec, world_size: int) -> None:
+    """``data.batch`` is the global batch: it must split evenly over the processes.
+
+    Raises:
+        TapscError: it does not.
+    """
+    batch = spec.data.batch
+    if batch % world_size:
+        raise TapscError(Diagnostic(
+            code="batch-not-divisible", span=spec.data.span,
+            message=f"the global batch `data.batch {batch}` does not split evenly over {world_size} processes",
+            help=f"make `data.batch` a multiple of {world_size}, e.g. "
+                 f"`--set data.batch={max(world_size, batch // world_size * world_size)}`"))
+
+
 def first(dataset: Dataset, count: int | None) -> Dataset:
     """The first ``count`` samples of ``dataset`` (all of them for None)."""
     if count is None or count >= len(dataset):
@@ -146,14 +176,19 @@ class Trainer:
 
     def __init__(self, spec: ir.Spec, run_dir: Path, options: RunOptions, emit: Emit = ignore):
         self.spec, self.run_dir, self.options, self.emit = spec, Path(run_dir), options, emit
+        self.context = distributed.current()
         self.device = resolve_device(options.device)
         self.seed = spec.optimizer.seed
         self._check_metrics()
+        self._check_batch()
         self._load_data()
-        seed_everything(self.seed, -1)
+        seed_everything(self.seed, -1)  # the same on every rank: identical initial weights
         from tapsc.compile import compile_network
 
         self.network = compile_network(spec).to(self.device)
+        if spec.distributed.sync_batchnorm and self.context.active:
+            distributed.sync_batchnorm(self.network)
+        distributed.broadcast_module(self.network, self.context)  # guard against nondeterministic init
         self.optimizer, self.scheduler = make_optimizer(spec, self.network)
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -169,6 +204,9 @@ class Trainer:
                                         message=f"`select {self.spec.eval.select}` needs tapsc.certify, "
                                                 "which offers no certification in this installation",
                                         help="select on `taps` (the default) or `ibp`"))
+
+    def _check_batch(self) -> None:
+        check_batch(self.spec, self.context.world_size)
 
     def _load_data(self) -> None:
         from tapsc.data import load_dataset, load_validation
@@ -196,6 +234,7 @@ class Trainer:
             "metrics": self.history,
             "best": self.best,
             "seed": self.seed,
+            "world_size": self.context.world_size,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -209,6 +248,8 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
 
     def _checkpoint(self, epoch: int, improved: bool) -> None:
+        if not self.context.is_main:  # one writer: rank 0 holds the same state as every rank
+            return
         state = self.state(epoch)
         if improved:  # best first: a kill between the two writes redoes this epoch identically
             rundir.save_checkpoint(rundir.checkpoint_path(self.run_dir, "best"), state)
@@ -228,8 +269,11 @@ class Trainer:
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
             row = self.train_epoch(epoch)
-            row.update(self.select_metrics())
-            improved = self._update_best(epoch, row)
+            distributed.average_buffers(self.network, self.context)
+            improved = False
+            if self.context.is_main:  # the other ranks go on to the next epoch's first collective
+                row.update(self.select_metrics())
+                improved = self._update_best(epoch, row)
             row["seconds"] = round(time.perf_counter() - started, 3)
             self.history.append(row)
             self.scheduler.step()
@@ -237,18 +281,29 @@ class Trainer:
             self.emit(EpochEnded(epoch, epochs, row, improved, row["seconds"]))
 
     def _loader(self, epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
         workers = self.options.workers
         if workers is None:
             workers = 4 if self.device.type == "cuda" else 0
+        pin = self.device.type == "cuda"
+        if self.context.active:
+            from torch.utils.data.distributed import DistributedSampler
+
+            # every rank draws the same permutation (seed + epoch) and takes its slice; padded
+            # to equal lengths, so every rank runs the same number of equally sized batches
+            sampler = DistributedSampler(self.train_set, num_replicas=self.context.world_size,
+                                         rank=self.context.rank, shuffle=True, seed=self.seed)
+            sampler.set_epoch(epoch)
+            return DataLoader(self.train_set, batch_size=self.spec.data.batch // self.context.world_size,
+                              sampler=sampler, num_workers=workers, pin_memory=pin)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
         return DataLoader(self.train_set, batch_size=self.spec.data.batch, shuffle=True, generator=generator,
-                          num_workers=workers, pin_memory=self.device.type == "cuda")
+                          num_workers=workers, pin_memory=pin)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of the phase covering it; returns the epoch's training row."""
         from tapsc.method import eps_at
 
-        seed_everything(self.seed, epoch)
+        seed_everything(self.seed, epoch, self.context.rank)
         phase = phase_at(self.spec, epoch)
         loader = self._loader(epoch)
         batches = len(loader)
@@ -274,12 +329,22 @@ class Trainer:
             rate = (batch + 1) / max(time.perf_counter() - started, 1e-9)
             self.emit(BatchEnded(epoch, batch, batches, phase.kind, eps, loss, terms,
                                  tally["correct"] / max(tally["seen"], 1), robust, rate))
+        sums, tally = self._over_ranks(sums, tally)
         means = {name: value / batches for name, value in sums.items()}
         row = {"epoch": epoch, "phase": phase.kind, "eps": eps, "lr": lr, "train_loss": means.pop("loss"),
                "train_terms": means, "train_natural": tally["correct"] / max(tally["seen"], 1)}
         if tally["probed"]:
             row["train_taps"] = tally["robust"] / tally["probed"]
         return row
+
+    def _over_ranks(self, sums: dict[str, float], tally: dict[str, int]):
+        """The epoch's loss sums averaged and its counts summed over the ranks (one collective)."""
+        if not self.context.active:
+            return sums, tally
+        packed = {f"sum:{k}": v for k, v in sums.items()} | {f"count:{k}": v for k, v in tally.items()}
+        total = distributed.sum_values(packed, self.context, self.device)
+        world = self.context.world_size
+        return ({k: total[f"sum:{k}"] / world for k in sums}, {k: round(total[f"count:{k}"]) for k in tally})
 
     def _probe_robust(self, phase, x_B, y_B, eps: float, batch: int, tally: dict[str, int]) -> float | None:
         """Running TAPS accuracy at the current eps, measured on a few samples of every
@@ -304,17 +369,32 @@ class Trainer:
             loss, terms = phase_loss(self.network, phase, x_B, y_B, eps, target, l1=self.spec.optimizer.l1)
         value = float(loss.detach())
         terms = {name: float(v) for name, v in terms.items()}
-        if not math.isfinite(value) or not all(math.isfinite(v) for v in terms.values()):
-            raise self._diverged(epoch, batch, value, terms)
-        loss.backward()
+        finite = math.isfinite(value) and all(math.isfinite(v) for v in terms.values())
+        if not self.context.active:
+            if not finite:
+                raise self._diverged(epoch, batch, value, terms)
+            loss.backward()
+        else:
+            if finite:
+                loss.backward()
+            # the flags ride in the gradient all-reduce: a NaN on one rank stops every rank at once
+            flags = torch.zeros(self.context.world_size)
+            flags[self.context.rank] = 0.0 if finite else 1.0
+            bad = distributed.all_reduce_gradients(self.network.parameters(), self.context, flags)
+            if not finite or bool(bad.any()):
+                ranks = [r for r, flag in enumerate(bad.tolist()) if flag]
+                raise self._diverged(epoch, batch, value, terms, ranks if finite else None)
         if self.spec.optimizer.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.spec.optimizer.clip)
         self.optimizer.step()
         return value, terms
 
-    def _diverged(self, epoch: int, batch: int, value: float, terms: dict[str, float]) -> TrainingDiverged:
+    def _diverged(self, epoch: int, batch: int, value: float, terms: dict[str, float],
+                  ranks: list[int] | None = None) -> TrainingDiverged:
         bad = [name for name, v in terms.items() if not math.isfinite(v)]
         what = f"loss term `{bad[0]}` = {terms[bad[0]]}" if bad else f"the loss = {value}"
+        if ranks:
+            what = f"the loss on rank(s) {', '.join(map(str, ranks))}"
         last = rundir.checkpoint_path(self.run_dir, "last")
         kept = (f"the last good checkpoint is {last} (epoch {epoch - 1})" if last.exists()
                 else "no epoch had finished, so there is no checkpoint")
@@ -371,8 +451,11 @@ def final_evaluation(trainer: Trainer, train_seconds: float) -> dict[str, Any]:
 
 
 def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
+    """Train, then (rank 0 alone) evaluate; other ranks return an empty dict."""
     started = time.perf_counter()
     trainer.fit()
+    if not trainer.context.is_main:
+        return {}
     previous = sum(row.get("seconds", 0.0) for row in trainer.history[:trainer.start_epoch])
     results = final_evaluation(trainer, time.perf_counter() - started + previous)
     trainer.emit(RunFinished(trainer.run_dir, results))
@@ -399,9 +482,29 @@ def start_run(spec: ir.Spec, spec_text: str, run_dir: Path, options: RunOptions 
     spec = apply_options(spec, options)
     device = resolve_device(options.device)
     trainer = Trainer(spec, run_dir, options, emit)  # loads data: fail before making the folder
-    rundir.create(run_dir, spec, spec_text)
-    rundir.write_json(Path(run_dir) / rundir.ENV, rundir.environment(device))
+
+    def create() -> None:
+        rundir.create(run_dir, spec, spec_text)
+        rundir.write_json(Path(run_dir) / rundir.ENV, environment(device, trainer.context))
+
+    distributed.main_first(create, trainer.context)
     return _train_and_evaluate(trainer)
+
+
+def environment(device: torch.device, context: distributed.Context) -> dict[str, Any]:
+    """What env.json records: rundir.environment plus the process layout."""
+    env = rundir.environment(device)
+    if context.active:
+        env["distributed"] = {"world_size": context.world_size, "backend": context.backend,
+                              "local_world_size": _int_env("LOCAL_WORLD_SIZE"), "nodes": _int_env("GROUP_WORLD_SIZE")}
+    return env
+
+
+def _int_env(name: str) -> int | None:
+    import os
+
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
 
 
 def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = ignore) -> dict[str, Any]:
@@ -413,14 +516,28 @@ def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = i
     if options.seed is not None:
         raise TapscError(Diagnostic(code="seed-on-resume", message="`--seed` cannot change a run being resumed",
                                     help="drop `--seed`; the run keeps the seed in its ir.json"))
-    spec = apply_options(rundir.read_spec(run_dir), options)
+    context = distributed.current()
+    # rank 0 reads the run and sends it: ranks on other machines need not see its folder
+    spec = distributed.main_first(lambda: apply_options(rundir.read_spec(run_dir), options), context)
     trainer = Trainer(spec, run_dir, options, emit)
-    for stale in (Path(run_dir) / rundir.CHECKPOINTS).glob(".*.tmp"):  # a write the kill cut short
-        stale.unlink(missing_ok=True)
-    last = rundir.checkpoint_path(run_dir, "last")
-    if last.is_file():
-        trainer.restore(rundir.read_checkpoint(last))
+    state = distributed.main_first(lambda: _read_last_checkpoint(run_dir, trainer), context)
+    if state is not None:
+        trainer.restore(state)
+    if trainer.start_epoch:
         emit(Note(f"resuming {run_dir} at epoch {trainer.start_epoch}"))
     else:
         emit(Note(f"{run_dir} has no checkpoint yet: starting it from epoch 0"))
     return _train_and_evaluate(trainer)
+
+
+def _read_last_checkpoint(run_dir: Path, trainer: Trainer) -> dict[str, Any] | None:
+    """Rank 0: drop half-written files and read ``last.pt`` (None when there is none)."""
+    for stale in (Path(run_dir) / rundir.CHECKPOINTS).glob(".*.tmp"):  # a write the kill cut short
+        stale.unlink(missing_ok=True)
+    last = rundir.checkpoint_path(run_dir, "last")
+    state = rundir.read_checkpoint(last) if last.is_file() else None
+    if state is not None and state.get("world_size", 1) != trainer.context.world_size:
+        trainer.emit(Note(f"the run was checkpointed with {state.get('world_size', 1)} process(es) and resumes with "
+                          f"{trainer.context.world_size}: the data order changes, so it will not repeat an "
+                          "uninterrupted run exactly", warning=True))
+    return state

@@ -32,7 +32,7 @@ from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
 from tapsc.syntax import Group, Keyword, Name, Statement, String
 
-SECTIONS = ("data", "model", "split", "perturbation", "method", "optimizer", "eval", "export")
+SECTIONS = ("data", "model", "split", "perturbation", "method", "optimizer", "eval", "export", "distributed")
 TOP_LEVEL = SECTIONS + ("include", "block")
 PHASE_CLASSES: dict[str, type[ir.Node]] = {
     "natural": ir.NaturalPhase, "pgd": ir.PGDPhase, "ibp": ir.IBPPhase,
@@ -336,10 +336,16 @@ def export_section(statement: Statement, problems: list[Diagnostic]) -> Table:
     return settings(Table(span=statement.span), statement.body or (), ir.Export, "`export`", problems=problems)
 
 
+def distributed_section(statement: Statement, problems: list[Diagnostic]) -> Table:
+    no_words(statement)
+    return settings(Table(span=statement.span), statement.body or (), ir.Distributed, "`distributed`",
+                    problems=problems)
+
+
 SECTION_BUILDERS = {
     "data": data_section, "model": model_section, "split": split_section,
     "perturbation": perturbation_section, "method": method_section, "optimizer": optimizer_section,
-    "eval": eval_section, "export": export_section,
+    "eval": eval_section, "export": export_section, "distributed": distributed_section,
 }
 
 

@@ -136,10 +136,25 @@ class Cascade:
 
 
 def certify_dataset(cascade: Cascade, dataset, indices: Sequence[int], batch: int, device: str | torch.device = "cpu",
-                    progress: Callable[[int], None] | None = None) -> list[SampleVerdict]:
-    """Run the cascade over ``dataset[i]`` for every i in ``indices``, ``batch`` at a time."""
+                    progress: Callable[[int], None] | None = None, seed: int | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> list[SampleVerdict]:
+    """Run the cascade over ``dataset[i]`` for every i in ``indices``, ``batch`` at a time.
+
+    Args:
+        seed: when given, the attack's random starts of batch k are seeded from
+            (seed, k), so a batch's verdicts do not depend on which process runs it.
+        shard: ``(rank, world_size)``: this process runs batches rank, rank + world_size, ...
+            of the batches of ``indices``; ``merge_shards`` puts the ranks' verdicts back
+            in order. The union over ranks equals a single process's verdicts exactly
+            (same batches, same seeds).
+    """
+    rank, world = shard
     verdicts: list[SampleVerdict] = []
-    for chunk in _chunks(list(indices), batch):
+    for number, chunk in enumerate(_chunks(list(indices), batch)):
+        if number % world != rank:
+            continue
+        if seed is not None:
+            torch.manual_seed((seed * 1_000_003 + number) % (2**63))
         pairs = [dataset[i] for i in chunk]
         x_BX = torch.stack([torch.as_tensor(p[0], dtype=torch.float32) for p in pairs]).to(device)
         labels_B = torch.tensor([int(p[1]) for p in pairs], device=device)
@@ -147,6 +162,14 @@ def certify_dataset(cascade: Cascade, dataset, indices: Sequence[int], batch: in
         if progress is not None:
             progress(len(chunk))
     return verdicts
+
+
+def merge_shards(shards: Sequence[Sequence[SampleVerdict]], indices: Sequence[int]) -> list[SampleVerdict]:
+    """The verdicts of every shard in the order of ``indices`` (one per index)."""
+    by_index = {v.index: v for shard in shards for v in shard}
+    missing = [i for i in indices if i not in by_index]
+    assert not missing, f"no verdict for samples {missing[:10]}"
+    return [by_index[i] for i in indices]
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -42,9 +42,13 @@ def run_command(
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes (evaluation stays float32)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
+                                                 help="Train data-parallel with N local processes (GPUs)."),
 ) -> None:
     """Train a spec (or resume a run), then evaluate it on the test set."""
+    from tapsc import distributed
     from tapsc.display import make_display
+    from tapsc.events import ignore
     from tapsc.run import RunOptions, resume_run, start_run
 
     options = RunOptions(device=device, amp=amp, seed=seed, data_root=data_root)
@@ -52,8 +56,11 @@ def run_command(
         if spec is not None or set_:
             raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a run as it was",
                                         help="drop the spec and `--set` arguments (the run keeps its ir.json)"))
+        from tapsc.rundir import read_spec
+
+        parsed = read_spec(resume)  # a wrong folder is reported before any worker starts
         runner = lambda emit: resume_run(resume, options, emit)  # noqa: E731
-        select = None
+        select, worker_args = parsed.eval.select, ["--resume", str(resume)]
     elif spec is None:
         raise TapscError(Diagnostic(code="missing-spec", message="`tapsc run` needs a spec file or `--resume RUN_DIR`",
                                     help="e.g. `tapsc run specs/quickstart.taps`"))
@@ -62,11 +69,38 @@ def run_command(
         target = out or default_run_dir(spec)
         runner = lambda emit: start_run(parsed, text, target, options, emit)  # noqa: E731
         select = parsed.eval.select
-    display = make_display(console, select or "taps")
+        worker_args = [str(spec), "--out", str(target), *(a for s in set_ for a in ("--set", s))]
+    if nproc_per_node is not None:
+        distributed.check_nproc(nproc_per_node)
+        if nproc_per_node > 1:
+            from tapsc.run import check_batch
+
+            distributed.check_devices(device, nproc_per_node)
+            check_batch(parsed, nproc_per_node)  # once here, rather than once per worker
+            worker_args += _run_flags(device, amp, seed, data_root)
+            run_dir = resume if resume is not None else target
+            after = f"`tapsc run --resume {run_dir} --nproc-per-node {nproc_per_node}`"
+            raise typer.Exit(code=distributed.launch(["run", *worker_args], nproc_per_node, after))
+    context = distributed.init_from_env(device)
+    display = make_display(console, select) if context.is_main else None
     try:
-        runner(display)
+        runner(display or ignore)
+    except distributed.SharedError:
+        if context.is_main:
+            raise
+        raise typer.Exit(code=1) from None  # rank 0 prints it
     finally:
-        display.close()
+        if display is not None:
+            display.close()
+        # No barrier here: rank 0 evaluates alone after training, for longer than any timeout.
+        distributed.shutdown()
+
+
+def _run_flags(device: str, amp: bool, seed: Optional[int], data_root: Optional[str]) -> list[str]:
+    """The run-level flags a worker process repeats."""
+    flags = ["--device", device] + (["--amp"] if amp else [])
+    flags += ["--seed", str(seed)] if seed is not None else []
+    return flags + (["--data-root", data_root] if data_root is not None else [])
 
 
 @app.command("eval")

@@ -58,6 +58,22 @@ def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -
     return Target(spec, network.to(device).eval(), checkpoint.parent, f"{target} + {checkpoint}")
 
 
+def _check_target(target: Path, checkpoint: Optional[Path]) -> None:
+    """The cheap part of ``_load_target``: the run, or the spec and checkpoint files, exist."""
+    from tapsc import rundir
+
+    if target.is_dir():
+        rundir.read_spec(target)
+        return
+    if not target.is_file():
+        raise TapscError(Diagnostic(code="missing-target", message=f"{target} is neither a run directory nor a spec",
+                                    help="pass a folder made by `tapsc run`, or a .taps file with `--checkpoint`"))
+    if checkpoint is None or not checkpoint.is_file():
+        raise TapscError(Diagnostic(code="missing-checkpoint", message=f"{target} is a spec: which weights?"
+                                    if checkpoint is None else f"no checkpoint at {checkpoint}",
+                                    help="add `--checkpoint FILE` (a checkpoint written by `tapsc run`)"))
+
+
 def _test_set(spec, data_root: Optional[str]):
     from tapsc.data import load_dataset
 
@@ -107,18 +123,45 @@ def certify_command(
     merge: Optional[Path] = typer.Option(None, "--merge", help="Verifier results (CSV, or a folder of result files)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="The exported folder (default OUT/vnncomp)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
+                                                 help="Shard the samples over N local processes (GPUs)."),
 ) -> None:
     """Certify test samples in-house (attack, IBP, CROWN-IBP, CROWN), or merge a verifier's results."""
     if merge is not None:
         base = out or (target if target.is_dir() else checkpoint.parent if checkpoint else Path("."))
         return _merge(base, merge, benchmark)
-    import torch
+    from tapsc import distributed
 
-    from tapsc.certify.cascade import Cascade, certify_dataset, select_indices
+    chosen = _parse_methods(methods)
+    if nproc_per_node is not None:
+        distributed.check_nproc(nproc_per_node)
+        if nproc_per_node > 1:
+            distributed.check_devices(device, nproc_per_node)
+            _check_target(target, checkpoint)  # report a wrong path once, before any worker starts
+            flags = {"--checkpoint": checkpoint, "--which": which, "--samples": samples, "--range": span,
+                     "--random": random, "--seed": seed, "--methods": methods, "--batch": batch, "--device": device,
+                     "--eps": eps, "--out": out, "--data-root": data_root}
+            argv = ["certify", str(target), *(str(a) for k, v in flags.items() if v is not None for a in (k, v))]
+            raise typer.Exit(code=distributed.launch(argv, nproc_per_node))
+    context = distributed.init_from_env(device)
+    completed = False
+    try:
+        _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, eps, out, data_root,
+                 context)
+        completed = True
+    finally:
+        distributed.shutdown(completed)
+
+
+def _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, eps, out, data_root,
+             context) -> None:
+    """The cascade over the chosen samples; with several processes each runs every
+    world_size-th batch and rank 0 merges the verdicts and writes the report."""
+    from tapsc import distributed
+    from tapsc.certify.cascade import Cascade, certify_dataset, merge_shards, select_indices
     from tapsc.certify.report import summarize, summary_table, write_results
     from tapsc.run import resolve_device
 
-    chosen = _parse_methods(methods)
     where = resolve_device(device)
     loaded = _load_target(target, checkpoint, which, where)
     spec = loaded.spec
@@ -126,28 +169,38 @@ def certify_command(
     test_set = _test_set(spec, data_root)
     indices = select_indices(len(test_set), samples or (spec.eval.samples if not (span or random) else None),
                              _parse_span(span), random, seed)
-    torch.manual_seed(seed)
     cascade = Cascade(loaded.network, radius, spec.eval.attack, chosen)
-    console.print(f"certifying {len(indices)} samples of {escape(loaded.source)} at eps {radius:g} "
-                  f"({', '.join(chosen)})")
-    with _progress(len(indices)) as advance:
-        verdicts = certify_dataset(cascade, test_set, indices, batch or spec.eval.batch, where, advance)
+    size = batch or spec.eval.batch
+    shard = (context.rank, context.world_size)
+    show = console if context.is_main else Console(quiet=True)
+    processes = f" on {context.world_size} processes" if context.active else ""
+    show.print(f"certifying {len(indices)} samples of {escape(loaded.source)} at eps {radius:g} "
+               f"({', '.join(chosen)}){processes}")
+    mine = sum(len(indices[k:k + size]) for k in range(context.rank * size, len(indices), context.world_size * size))
+    with _progress(mine, show) as advance:
+        verdicts = certify_dataset(cascade, test_set, indices, size, where, advance, seed=seed, shard=shard)
+    shards = distributed.gather_objects(verdicts, context)
+    if not context.is_main:
+        return
+    verdicts = merge_shards(shards, indices)
     summary = summarize(verdicts, chosen)
     settings = {"source": loaded.source, "eps": radius, "methods": chosen, "seed": seed, "device": str(where),
                 "attack": spec.eval.attack.model_dump(mode="json"), "samples": len(indices)}
+    if context.active:
+        settings["processes"] = context.world_size
     json_path, csv_path = write_results(out or loaded.out_dir, verdicts, summary, settings)
     console.print(summary_table(summary, title=f"certification at eps {radius:g}"))
     console.print(f"wrote {escape(str(json_path))} and {escape(str(csv_path))}")
 
 
-def _progress(total: int):
+def _progress(total: int, where: Console = console):
     from contextlib import contextmanager
 
     from rich.progress import Progress
 
     @contextmanager
     def bar():
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=where, transient=True) as progress:
             task = progress.add_task("certify", total=total)
             yield lambda n: progress.advance(task, n)
 

@@ -1,0 +1,57 @@
+"""User mistakes with several processes are diagnostics, never tracebacks; slot devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dist_helpers import DIST_SPEC
+
+from tapsc import distributed
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from tapsc.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args, code", [
+    (("--nproc-per-node", "0"), "bad-nproc"),
+    (("--nproc-per-node", "-2"), "bad-nproc"),
+    (("--nproc-per-node", "2", "--device", "cuda:0"), "device-per-worker"),
+])
+def test_bad_launch_is_a_diagnostic(tmp_path, args, code):
+    spec = tmp_path / "dist.taps"
+    spec.write_text(DIST_SPEC)
+    for command in (("run", spec), ("certify", spec, "--checkpoint", tmp_path / "none.pt")):
+        result = _invoke(*command, *args)
+        assert result.exit_code == 1, result.output
+        assert f"error[{code}]" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_nccl_without_gpus_is_a_diagnostic(tmp_path):
+    spec = tmp_path / "dist.taps"
+    spec.write_text(DIST_SPEC)
+    result = _invoke("run", spec, "--nproc-per-node", "2", "--device", "cuda")
+    assert result.exit_code == 1 and "error[no-cuda]" in result.output and "NCCL" in result.output
+
+
+def test_nproc_inside_a_torchrun_worker_is_refused(tmp_path, monkeypatch):
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+    spec = tmp_path / "dist.taps"
+    spec.write_text(DIST_SPEC)
+    result = _invoke("run", spec, "--nproc-per-node", "2")
+    assert result.exit_code == 1 and "error[nested-launch]" in result.output
+
+
+def test_device_for_slot_goes_round_robin():
+    assert distributed.device_for_slot(5, ["cuda:0", "cuda:1"]) == torch.device("cuda:1")
+    if not torch.cuda.is_available():
+        assert distributed.device_for_slot(3) == torch.device("cpu")
+        assert distributed.slot_environment(3) == {}
+    else:
+        assert distributed.device_for_slot(torch.cuda.device_count()) == torch.device("cuda:0")
