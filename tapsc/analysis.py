@@ -1,0 +1,351 @@
+"""How precise is each estimate of the worst-case margin? (the paper's Figs. 1 and 6, Table 9)
+
+For a test sample (x, y) and the box B = clip(x -+ eps, 0, 1), the worst-case margin is
+m* = min over B of min_{j != y} (o_y - o_j) (positive: robust). Each method gives an
+estimate of m*:
+
+- sound lower bounds (m* >= bound): IBP, CROWN-IBP, CROWN (``tapsc.certify``), and the
+  margin bound a ``tapsc certify`` run stored in certify.json;
+- an attack, an upper bound (m* <= margin at a point of B): input-space PGD on the margin
+  (the clean point included), and the attack margin stored in certify.json;
+- estimates with no guaranteed side: TAPS (multi-estimator PGD in the latent box of the
+  extractor) and SABR (IBP of the small box of radius lambda * eps around a PGD point).
+
+What IS guaranteed: every sound bound <= every attack margin, and IBP <= TAPS (the latent
+points lie in the IBP box of the extractor, and IBP of the classifier bounds the classifier
+anywhere in that box). ``soundness`` counts violations of both (beyond float tolerance).
+Exact verdicts (``certify --merge`` of a complete verifier, or the cascade's own) give the
+sign of m* where known.
+
+Nothing here reimplements a bound: each estimate calls tapsc.method or tapsc.certify.
+
+Shape legend: B batch, K classes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tapsc import ir
+
+SOUND = ("ibp", "crown_ibp", "crown")
+ESTIMATES = ("ibp", "crown_ibp", "crown", "sabr", "taps", "pgd")  # loosest sound ... attack
+TOLERANCE = 1e-4  # float32 slack when comparing bounds computed by different code paths
+DEFAULT_SABR_LAMBDA = 0.4
+
+
+def _worst(upper_BK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
+    """min_j (o_y - o_j) from upper bounds/estimates of o_j - o_y, (B,)."""
+    return -upper_BK.scatter(1, y_B[:, None], float("-inf")).max(1).values
+
+
+def ibp_margin(network, x_B, y_B, eps: float) -> torch.Tensor:
+    from tapsc.method.input_attack import input_box
+    from tapsc.method.losses import ibp_margin_upper
+
+    with torch.no_grad():
+        return _worst(ibp_margin_upper(network, *input_box(x_B, eps), y_B), y_B)
+
+
+def crown_margin(network, x_B, y_B, eps: float, method: str) -> torch.Tensor:
+    from tapsc.certify import margin_lower_bounds
+
+    with torch.no_grad():
+        return margin_lower_bounds(network, x_B, y_B, eps, method)
+
+
+def pgd_margin(network, x_B, y_B, eps: float, attack: ir.InputAttack) -> torch.Tensor:
+    """The smallest margin PGD (on the margin) finds, the clean point included."""
+    from tapsc.method.input_attack import margin_objective, pgd_attack
+
+    _, worst_B = pgd_attack(network, x_B, y_B, eps, attack.model_copy(update={"loss": "margin"}))
+    with torch.no_grad():
+        clean_B = margin_objective(network(x_B), y_B)
+    return -torch.maximum(worst_B, clean_B)
+
+
+def taps_margin(network, x_B, y_B, eps: float, attack: ir.LatentAttack) -> torch.Tensor:
+    from tapsc.method.input_attack import input_box
+    from tapsc.method.latent_attack import latent_attack, margins_at
+
+    with torch.no_grad():
+        z_lo, z_hi = network.extractor_box(*input_box(x_B, eps))
+    z_BE = latent_attack(network, z_lo, z_hi, y_B, attack)
+    with torch.no_grad():
+        return _worst(margins_at(network, z_BE, y_B, attack.estimator == "multi"), y_B)
+
+
+def sabr_margin(network, x_B, y_B, eps: float, sabr_lambda: float, attack: ir.InputAttack) -> torch.Tensor:
+    from tapsc.method.losses import ibp_margin_upper
+    from tapsc.method.sabr import sabr_box
+
+    lo, hi = sabr_box(network, x_B, y_B, eps, sabr_lambda, attack)
+    with torch.no_grad():
+        return _worst(ibp_margin_upper(network, lo, hi, y_B), y_B)
+
+
+def sabr_settings(spec: ir.Spec) -> tuple[float, ir.InputAttack]:
+    """lambda and input attack of the spec's last SABR/STAPS phase (the paper's MNIST default otherwise)."""
+    for phase in reversed(spec.method.phases):
+        if isinstance(phase, ir.SABRPhase):
+            return phase.sabr_lambda, phase.attack
+        if isinstance(phase, ir.STAPSPhase):
+            return phase.sabr_lambda, phase.input_attack
+    return DEFAULT_SABR_LAMBDA, ir.InputAttack(steps=8)
+
+
+def batch_estimates(network, x_B, y_B, spec: ir.Spec, methods: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every requested estimate of m* for one batch, (B,) each; the network must be in eval mode."""
+    from tapsc.evaluate import latent_attack
+
+    eps = spec.perturbation.eps
+    sabr_lambda, sabr_attack = sabr_settings(spec)
+    compute = {
+        "ibp": lambda: ibp_margin(network, x_B, y_B, eps),
+        "crown_ibp": lambda: crown_margin(network, x_B, y_B, eps, "crown_ibp"),
+        "crown": lambda: crown_margin(network, x_B, y_B, eps, "crown"),
+        "sabr": lambda: sabr_margin(network, x_B, y_B, eps, sabr_lambda, sabr_attack),
+        "taps": lambda: taps_margin(network, x_B, y_B, eps, latent_attack(spec)),
+        "pgd": lambda: pgd_margin(network, x_B, y_B, eps, spec.eval.attack),
+    }
+    return {name: compute[name]().detach().cpu() for name in methods}
+
+
+# ---------------------------------------------------------------- stored verdicts
+
+
+def stored_verdicts(run_dir: Path, eps: float) -> tuple[str | None, dict[int, dict]]:
+    """Per-sample rows of merged.json (preferred: it holds a verifier's exact verdicts) or
+    certify.json in the run, when they were computed at ``eps``; ``(file name, {index: row})``."""
+    certify = Path(run_dir) / "certify.json"
+    settings_eps = None
+    if certify.is_file():
+        settings_eps = json.loads(certify.read_text()).get("settings", {}).get("eps")
+    if settings_eps is None or not math.isclose(settings_eps, eps, rel_tol=1e-6):
+        return None, {}
+    for name in ("merged.json", "certify.json"):
+        path = Path(run_dir) / name
+        if path.is_file():
+            rows = json.loads(path.read_text()).get("samples", [])
+            return name, {int(row["index"]): row for row in rows}
+    return None, {}
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _pearson(a: Sequence[float], b: Sequence[float]) -> float | None:
+    n = len(a)
+    if n < 3:
+        return None
+    ma, mb = sum(a) / n, sum(b) / n
+    sab = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    saa, sbb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    return sab / math.sqrt(saa * sbb) if saa > 0 and sbb > 0 else None
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def correlation(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
+    """Pearson and Spearman correlation (None when undefined: fewer than 3 values or constant)."""
+    return {"pearson": _pearson(a, b), "spearman": _pearson(_ranks(a), _ranks(b))}
+
+
+def sample_records(estimates: dict[str, list[float]], indices: list[int], labels: list[int],
+                   correct: list[bool], stored: dict[int, dict]) -> list[dict[str, Any]]:
+    """One record per sample: every estimate, the tightest sound bound, the strongest attack,
+    the exact sign where a verdict gives it."""
+    records = []
+    for n, index in enumerate(indices):
+        row: dict[str, Any] = {"index": index, "label": labels[n], "correct": correct[n]}
+        row.update({name: values[n] for name, values in estimates.items()})
+        sound = [row[name] for name in SOUND if name in row]
+        attacks = [row["pgd"]] if "pgd" in row else []
+        verdict = stored.get(index)
+        if verdict is not None:
+            row["verdict"] = verdict.get("verdict")
+            row["verdict_method"] = verdict.get("method")
+            if verdict.get("margin_bound") is not None:
+                row["stored_bound"] = float(verdict["margin_bound"])
+                sound.append(row["stored_bound"])
+            if verdict.get("attack_margin") is not None:
+                row["stored_attack"] = -float(verdict["attack_margin"])
+                attacks.append(row["stored_attack"])
+        row["tightest_sound"] = max(sound) if sound else None
+        row["strongest_attack"] = min(attacks) if attacks else None
+        records.append(row)
+    return records
+
+
+def soundness(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Violations of the guaranteed orders: sound bound <= attack margin, IBP <= TAPS."""
+    bound_over_attack, ibp_over_taps = [], []
+    for row in records:
+        attack = row["strongest_attack"]
+        for name in (*SOUND, "stored_bound"):
+            if attack is not None and row.get(name) is not None and row[name] > attack + TOLERANCE * (
+                    1 + abs(attack)):
+                bound_over_attack.append({"index": row["index"], "bound": name, "value": row[name],
+                                          "attack": attack})
+        if "ibp" in row and "taps" in row and row["ibp"] > row["taps"] + TOLERANCE * (1 + abs(row["taps"])):
+            ibp_over_taps.append({"index": row["index"], "ibp": row["ibp"], "taps": row["taps"]})
+    return {"bound_above_attack": bound_over_attack, "ibp_above_taps": ibp_over_taps,
+            "ok": not bound_over_attack and not ibp_over_taps}
+
+
+def differences(records: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """estimate - tightest sound bound (>= 0 for every estimate but looser sound bounds) and
+    estimate - strongest attack (<= 0 for sound bounds), per estimate."""
+    out: dict[str, dict[str, list[float]]] = {"to_sound": {}, "to_attack": {}}
+    for name in names:
+        out["to_sound"][name] = [r[name] - r["tightest_sound"] for r in records
+                                 if r.get(name) is not None and r["tightest_sound"] is not None]
+        out["to_attack"][name] = [r[name] - r["strongest_attack"] for r in records
+                                  if r.get(name) is not None and r["strongest_attack"] is not None]
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "median": None, "min": None, "max": None}
+    ordered = sorted(values)
+    return {"mean": sum(values) / len(values), "median": ordered[len(ordered) // 2], "min": ordered[0],
+            "max": ordered[-1]}
+
+
+def accuracies(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Share of samples each estimate calls robust (margin > 0, and classified correctly)."""
+    total = max(len(records), 1)
+    names = [n for n in (*ESTIMATES, "tightest_sound", "strongest_attack") if records and n in records[0]]
+    result = {"natural": sum(r["correct"] for r in records) / total}
+    for name in names:
+        if all(r[name] is None for r in records):
+            continue  # e.g. no sound bound asked for: no certified accuracy rather than 0%
+        result[name] = sum(1 for r in records if r[name] is not None and r[name] > 0 and r["correct"]) / total
+    exact = [r for r in records if r.get("verdict") in ("certified", "falsified", "misclassified")]
+    if exact:
+        result["verdict_certified"] = sum(r.get("verdict") == "certified" for r in records) / total
+    return result
+
+
+def taps_correlation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per sample: how TAPS's verdict and margin track the attack's and the sound bounds'."""
+    def robust(row, name):
+        return float(row.get(name) is not None and row[name] > 0 and row["correct"])
+
+    result: dict[str, Any] = {}
+    for other in ("pgd", "tightest_sound", "strongest_attack"):
+        rows = [r for r in records if r.get(other) is not None and r.get("taps") is not None]
+        if not rows:
+            continue
+        result[other] = {
+            "verdict_agreement": sum(robust(r, "taps") == robust(r, other) for r in rows) / len(rows),
+            "verdict_phi": _pearson([robust(r, "taps") for r in rows], [robust(r, other) for r in rows]),
+            "margin": correlation([r["taps"] for r in rows], [r[other] for r in rows]),
+        }
+    return result
+
+
+def summarize(records: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    diffs = differences(records, names)
+    return {
+        "accuracy": accuracies(records),
+        "soundness": soundness(records),
+        "difference_to_tightest_sound": {n: _stats(v) for n, v in diffs["to_sound"].items()},
+        "difference_to_strongest_attack": {n: _stats(v) for n, v in diffs["to_attack"].items()},
+        "taps_correlation": taps_correlation(records),
+    }
+
+
+def across_runs(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Table 9 across runs: correlation of TAPS accuracy with adversarial and certified accuracy
+    (None where a run lacks the TAPS, attack or sound estimates)."""
+    runs = list(summaries)
+    accuracy = [summaries[r]["accuracy"] for r in runs]
+    taps = [a.get("taps") for a in accuracy]
+    adversarial = [a.get("strongest_attack") for a in accuracy]
+    certified = [a.get("tightest_sound") for a in accuracy]
+
+    def corr(other):
+        if any(v is None for v in (*taps, *other)):
+            return {"pearson": None, "spearman": None}
+        return correlation(taps, other)
+
+    return {"runs": runs, "taps": taps, "adversarial": adversarial, "certified": certified,
+            "taps_vs_adversarial": corr(adversarial), "taps_vs_certified": corr(certified)}
+
+
+# ---------------------------------------------------------------- one run
+
+
+def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", methods: Sequence[str] = ESTIMATES,
+                batch: int | None = None, device: str = "auto", data_root: str | None = None,
+                progress=lambda done, total: None) -> dict[str, Any]:
+    """Estimate the worst-case margin of the first ``samples`` test samples of a run.
+
+    Args:
+        run_dir: a folder made by ``tapsc run``.
+        samples: how many test samples (the first ones).
+        which: checkpoint, "best" or "last".
+        methods: estimates to compute, from ``ESTIMATES``.
+        batch: batch size (default ``eval.batch``).
+        device: where to compute.
+        data_root: folder holding the dataset on this machine.
+        progress: called with (samples done, total) after every batch.
+
+    Returns:
+        ``{"run", "checkpoint", "eps", "samples", "methods", "stored", "summary", "records"}``.
+
+    Raises:
+        TapscError: not a run, unknown method, missing data, bad device.
+    """
+    from torch.utils.data import DataLoader
+
+    from tapsc import rundir
+    from tapsc.data import load_dataset
+    from tapsc.errors import Diagnostic, TapscError
+    from tapsc.run import first, resolve_device
+
+    unknown = [m for m in methods if m not in ESTIMATES]
+    if unknown or not methods:
+        raise TapscError(Diagnostic(code="unknown-estimate", message=f"unknown estimate(s) {unknown or methods}",
+                                    help=f"choose from {', '.join(ESTIMATES)}"))
+    methods = [m for m in ESTIMATES if m in methods]
+    target = resolve_device(device)
+    spec, network = rundir.load_run(run_dir, which, device=target)
+    data = spec.data if data_root is None else spec.data.model_copy(update={"root": data_root})
+    test_set = first(load_dataset(data, train=False, shape=tuple(spec.model.input_shape)), samples)
+    network = network.float().eval()
+    torch.manual_seed(0)
+    estimates: dict[str, list[float]] = {m: [] for m in methods}
+    labels, correct = [], []
+    for x_B, y_B in DataLoader(test_set, batch_size=batch or spec.eval.batch, shuffle=False):
+        x_B, y_B = x_B.to(target).float(), y_B.to(target)
+        for name, values in batch_estimates(network, x_B, y_B, spec, methods).items():
+            estimates[name] += values.tolist()
+        with torch.no_grad():
+            correct += (network(x_B).argmax(1) == y_B).tolist()
+        labels += y_B.tolist()
+        progress(len(labels), len(test_set))
+    stored_name, stored = stored_verdicts(run_dir, spec.perturbation.eps)
+    records = sample_records(estimates, list(range(len(labels))), labels, correct, stored)
+    return {"run": str(run_dir), "checkpoint": which, "eps": spec.perturbation.eps, "samples": len(records),
+            "methods": methods, "stored": stored_name, "summary": summarize(records, methods), "records": records}
