@@ -8,9 +8,11 @@ split, so ``--set "eval.metrics=(natural, taps),(natural, pgd)"`` has two values
 
 The sweep folder holds ``sweep.json`` (the spec path, the ``--set`` texts and the points),
 one run directory per point (``03-path=value``), ``sweep.csv`` (rewritten after every
-point) and the plots. Points run one after another. Running the same sweep again (or
-``tapsc sweep --resume DIR``) skips finished points (they have results.json), resumes an
-interrupted one through ``tapsc.run.resume_run`` and starts the rest.
+point) and the plots. Points run one after another in this process, or with ``parallel``
+N > 1 up to N at once, each a ``tapsc run`` subprocess (its own GPU where there are several).
+Running the same sweep again (or ``tapsc sweep --resume DIR``) skips finished points (they
+have results.json), resumes an interrupted one through ``tapsc.run.resume_run`` (or
+``tapsc run --resume``) and starts the rest.
 
 This module knows nothing of Rich: progress goes to the ``on_point`` callback and the
 runner's events to the emit that ``make_emit`` returns for each point.
@@ -21,16 +23,23 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tapsc.errors import Diagnostic, TapscError
 
 SWEEP_JSON, SWEEP_CSV = "sweep.json", "sweep.csv"
+POINT_LOG = "sweep.log"  # a parallel point's stdout and stderr, inside its run directory
 METRIC_COLUMNS = ("natural", "pgd", "ibp", "taps", "crown_ibp", "crown")
 CERTIFIED_ORDER = ("crown", "crown_ibp", "ibp")  # the tightest certified accuracy a point has
 _OPEN, _CLOSE = "([{", ")]}"
@@ -201,24 +210,39 @@ def point_status(run_dir: Path) -> str:
 OnPoint = Callable[[Point, str, int], None]  # (point, what is happening, number of points)
 
 
+def check_parallel(parallel: int) -> None:
+    """Raises TapscError unless ``parallel`` (points trained at once) is at least 1."""
+    if parallel < 1:
+        raise TapscError(Diagnostic(code="bad-parallel", message=f"`--parallel {parallel}` would train no point",
+                                    help="give how many points train at once: 1 (one after another, the "
+                                         "default) or more, e.g. `--parallel 2`"))
+
+
 def run_sweep(sweep: Sweep, options, make_emit: Callable[[Point], Any], on_point: OnPoint = lambda *a: None,
-              ) -> list[dict[str, Any]]:
-    """Run every point not finished yet, in order; returns the sweep.csv rows.
+              parallel: int = 1) -> list[dict[str, Any]]:
+    """Run every point not finished yet; returns the sweep.csv rows.
 
     Args:
         sweep: the grid (``Sweep.create`` or ``Sweep.load``).
         options: ``tapsc.run.RunOptions`` for every point.
-        make_emit: gives the event receiver for one point's run (and may start a display).
+        make_emit: gives the event receiver for one point's run (and may start a display);
+            unused when ``parallel`` > 1 (each point's output goes to its sweep.log).
         on_point: told "skip", "resume", "start", "failed: ..." or "done" per point.
+        parallel: 1 runs the points in order in this process; N > 1 runs up to N at once,
+            each as a ``tapsc run`` subprocess (see ``run_parallel``).
 
     Raises:
-        TapscError: a spec point that does not check, missing data, a bad device. A point
-            whose loss diverges is recorded as failed and the sweep goes on.
+        TapscError: ``parallel`` < 1, a spec point that does not check, a bad device, or
+            (one at a time only) missing data. A point whose loss diverges (with N > 1: any
+            point whose process fails) is recorded as failed and the sweep goes on.
     """
     from tapsc.run import TrainingDiverged, resume_run, start_run
 
+    check_parallel(parallel)
     specs = sweep.check()
     sweep.write_manifest()
+    if parallel > 1:
+        return run_parallel(sweep, options, on_point, parallel)
     text = sweep.spec_path.read_text()
     failures: dict[int, str] = {}
     for point, spec in zip(sweep.points, specs):
@@ -246,6 +270,143 @@ def run_sweep(sweep: Sweep, options, make_emit: Callable[[Point], Any], on_point
     rows = collect(sweep, failures)
     write_csv(sweep, rows)
     return rows
+
+
+# ---------------------------------------------------------------- several points at once
+
+
+@dataclass
+class _Job:
+    point: Point
+    process: subprocess.Popen
+    log: IO[bytes]
+
+
+def point_command(sweep: Sweep, point: Point, status: str, options) -> list[str]:
+    """The ``tapsc run`` command line that trains (or resumes) one point exactly as the
+    in-process sweep would: the same spec file and the same overrides in the same order."""
+    run_dir = sweep.run_dir(point).resolve()
+    if status == "interrupted":
+        args = ["--resume", str(run_dir)]
+    else:
+        overrides = [*sweep.fixed, *point.overrides()]
+        args = [str(sweep.spec_path), "--out", str(run_dir), *(a for o in overrides for a in ("--set", o))]
+    args += ["--device", options.device] + (["--amp"] if options.amp else [])
+    args += ["--seed", str(options.seed)] if options.seed is not None else []
+    args += ["--data-root", options.data_root] if options.data_root is not None else []
+    return [sys.executable, "-m", "tapsc", "run", *args]
+
+
+def point_environment(slot: int, device: str, on_cpu: bool, parallel: int) -> dict[str, str]:
+    """The environment of the subprocess in ``slot``: its own GPU (``device`` auto or cuda),
+    or on the CPU an equal share of the cores unless OMP_NUM_THREADS is set already."""
+    from tapsc.distributed import slot_environment
+
+    env = dict(os.environ)
+    if device in ("auto", "cuda"):  # "cuda:N" or "cpu" name the device for every point
+        env.update(slot_environment(slot))
+    if on_cpu and "OMP_NUM_THREADS" not in env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // parallel))
+    return env
+
+
+def run_parallel(sweep: Sweep, options, on_point: OnPoint, parallel: int) -> list[dict[str, Any]]:
+    """Train up to ``parallel`` points at once, each a ``tapsc run`` subprocess writing into
+    its run directory's sweep.log; a slot freed by a finished point takes the next one.
+
+    A point that exits non-zero (or without results.json) is recorded as failed, with the
+    end of its log, and the sweep goes on. Ctrl-C or SIGTERM stops the running points; they
+    resume on the next run.
+    """
+    from tapsc.run import resolve_device
+
+    on_cpu = resolve_device(options.device).type == "cpu"  # a bad device: one message, nothing started
+    total, failures = len(sweep.points), {}
+    pending = []
+    for point in sweep.points:
+        status = point_status(sweep.run_dir(point))
+        if status == "done":
+            on_point(point, "skip", total)
+        else:
+            pending.append((point, status))
+    running: dict[int, _Job] = {}
+    with _sigterm_as_interrupt():
+        try:
+            while pending or running:
+                for slot in [s for s in range(parallel) if s not in running][:len(pending)]:
+                    point, status = pending.pop(0)
+                    on_point(point, "resume" if status == "interrupted" else "start", total)
+                    running[slot] = _launch(sweep, point, status, options, point_environment(
+                        slot, options.device, on_cpu, parallel))
+                finished = [slot for slot, job in running.items() if job.process.poll() is not None]
+                if not finished:
+                    time.sleep(0.2)
+                for slot in finished:
+                    job = running.pop(slot)
+                    job.log.close()
+                    if job.process.returncode != 0 or point_status(sweep.run_dir(job.point)) != "done":
+                        failures[job.point.index] = _failure(sweep.run_dir(job.point), job.process.returncode)
+                    write_csv(sweep, collect(sweep, failures))
+                    on_point(job.point, f"failed: {failures[job.point.index]}" if job.point.index in failures
+                             else "done", total)
+        finally:
+            _stop([*running.values()])
+    rows = collect(sweep, failures)
+    write_csv(sweep, rows)
+    return rows
+
+
+def _launch(sweep: Sweep, point: Point, status: str, options, env: dict[str, str]) -> _Job:
+    run_dir = sweep.run_dir(point)
+    run_dir.mkdir(parents=True, exist_ok=True)  # `tapsc run --out` accepts a folder without ir.json
+    log = (run_dir / POINT_LOG).open("ab")
+    try:
+        process = subprocess.Popen(point_command(sweep, point, status, options), stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=False)
+    except BaseException:
+        log.close()
+        raise
+    return _Job(point, process, log)
+
+
+def _failure(run_dir: Path, code: int, lines: int = 6) -> str:
+    """The end of a failed point's log (where `tapsc run` printed its error)."""
+    log = run_dir / POINT_LOG
+    tail = [line.rstrip() for line in log.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+    return "\n".join([f"exit code {code}; the end of {log}:", *tail])
+
+
+def _stop(jobs: Sequence[_Job], grace: float = 10.0) -> None:
+    """Terminate the running points (their last checkpoints stay), killing any that linger."""
+    for job in jobs:
+        if job.process.poll() is None:
+            job.process.terminate()
+    for job in jobs:
+        try:
+            job.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            job.process.kill()
+            job.process.wait()
+        job.log.close()
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """While active (main thread only), SIGTERM raises KeyboardInterrupt, so `kill` of the
+    sweep runs its cleanup and stops the points instead of orphaning them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------- results

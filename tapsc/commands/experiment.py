@@ -42,12 +42,15 @@ def sweep_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    parallel: int = typer.Option(1, "--parallel", help="Train up to N points at once, each its own process "
+                                 "(and GPU, where there are several); 1: one after another."),
 ) -> None:
     """Train every point of a grid of `--set` values; write sweep.csv, a table and plots."""
     from tapsc.display import make_display
     from tapsc.run import RunOptions
-    from tapsc.sweep import Sweep, default_folder, plot, run_sweep, taps_correlation
+    from tapsc.sweep import Sweep, check_parallel, default_folder, plot, run_sweep, taps_correlation
 
+    check_parallel(parallel)
     if resume is not None:
         if spec is not None or set_:
             raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a sweep as it was",
@@ -70,8 +73,10 @@ def sweep_command(
             console.print(f"[bold]point {point.index + 1}/{total}[/bold] ({escape(label)}): {verb}")
         elif what.startswith("failed"):
             console.print(f"[red]point {point.index + 1}/{total} {escape(what)}[/red]")
+        elif what == "done" and parallel > 1:  # one at a time, the point's own display shows the end
+            console.print(f"point {point.index + 1}/{total} ({escape(label)}): finished")
 
-    rows = run_sweep(sweep, options, lambda point: make_display(console), on_point)
+    rows = run_sweep(sweep, options, lambda point: make_display(console), on_point, parallel=parallel)
     console.print(sweep_table(sweep, rows))
     correlation = taps_correlation(rows)
     _print_correlation(correlation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from experiment_helpers import SWEEP_SETS, invoke, write_spec
 
 from tapsc import rundir
-from tapsc.sweep import Axis, grid, parse_sets, split_values
+from tapsc.sweep import METRIC_COLUMNS, Axis, grid, parse_sets, split_values
 
 
 def test_values_split_at_top_level_commas_only():
@@ -111,3 +112,81 @@ def test_resume_after_a_kill_skips_finished_points(swept: Path, tmp_path: Path, 
     assert third.exit_code == 0 and third.output.count("skipped") == 2
     other = invoke("sweep", spec, "--set", "method.taps.weight=2,3", "--out", out, "--device", "cpu")
     assert other.exit_code == 1 and "different sweep" in other.output
+
+
+# ---------------------------------------------------------------- --parallel
+
+
+def test_parallel_below_one_is_a_user_error(tmp_path: Path):
+    spec = write_spec(tmp_path)
+    result = invoke("sweep", spec, *SWEEP_SETS, "--out", tmp_path / "sw", "--device", "cpu", "--parallel", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "bad-parallel" in result.output and not (tmp_path / "sw").exists()
+
+
+def test_parallel_points_match_the_sequential_sweep(swept: Path, tmp_path: Path, monkeypatch):
+    # the subprocesses sum floats with as many threads as the in-process sweep did
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    out = tmp_path / "sw"
+    result = invoke("sweep", write_spec(tmp_path), *SWEEP_SETS, "--out", out, "--device", "cpu", "--parallel", "2")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("starting") == 2 and result.output.count("): finished\n") == 2
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    reference = list(csv.DictReader((swept / "sweep.csv").open()))
+    assert [row["status"] for row in rows] == ["done", "done"]
+    for row, before in zip(rows, reference):
+        run_dir = Path(row["run_dir"])
+        assert (run_dir / "results.json").is_file() and (run_dir / "sweep.log").is_file()
+        assert {m: row[m] for m in METRIC_COLUMNS} == {m: before[m] for m in METRIC_COLUMNS}
+        a = torch.load(rundir.checkpoint_path(run_dir), weights_only=False)["model"]
+        b = torch.load(rundir.checkpoint_path(Path(before["run_dir"])), weights_only=False)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failed_parallel_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch):
+    import tapsc.sweep as sweep_module
+
+    def stand_ins(sweep, point, status, options):  # no training: what the sweep does with each outcome
+        results = sweep.run_dir(point) / "results.json"
+        return [sys.executable, "-c", [
+            f"import pathlib; pathlib.Path({str(results)!r}).write_text('{{\"metrics\": {{\"natural\": 0.5}}}}')",  # finishes
+            "import sys; print('loss is nan'); sys.exit('error[diverged]: boom')",  # diverges
+            "pass",  # exits 0 but leaves no results.json
+        ][point.index]]
+
+    monkeypatch.setattr(sweep_module, "point_command", stand_ins)
+    out = tmp_path / "sw"
+    result = invoke("sweep", write_spec(tmp_path), "--set", "method.taps.weight=1,5,7", "--out", out,
+                    "--device", "cpu", "--parallel", "3")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error[diverged]: boom" in result.output and result.output.count("): finished\n") == 1
+    assert "boom" in (out / "01-weight=5" / "sweep.log").read_text()
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [row["status"] for row in rows] == ["done", "failed", "failed"]
+
+
+def test_each_cpu_point_gets_a_share_of_the_cores(monkeypatch):
+    import os
+
+    from tapsc.sweep import point_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert point_environment(1, "cpu", True, 2)["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    assert point_environment(1, "cpu", True, 2).get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert point_environment(0, "cpu", True, 64)["OMP_NUM_THREADS"] == "3"
+
+
+def test_each_gpu_slot_gets_its_own_gpu(monkeypatch):
+    from tapsc.sweep import point_environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [point_environment(s, "auto", False, 3)["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["0", "1", "0"]
+    assert "OMP_NUM_THREADS" not in point_environment(0, "cuda", False, 3)
+    assert "CUDA_VISIBLE_DEVICES" not in point_environment(1, "cuda:0", False, 3)  # one named GPU for all
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert point_environment(1, "cuda", False, 2)["CUDA_VISIBLE_DEVICES"] == "6"
