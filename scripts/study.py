@@ -203,16 +203,6 @@ def row(method: str, runs: Path, times: dict) -> dict:
             "best": results.get("best"), "wall": times.get(method, {})}
 
 
-def correlation(xs: list[float], ys: list[float]) -> float | None:
-    n = len(xs)
-    if n < 3:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else None
-
-
 def table(rows: list[dict], crown_samples: int) -> list[str]:
     lines = [f"| method | natural | PGD | TAPS | IBP-cert. | CROWN-IBP-cert. | CROWN-cert. (first {crown_samples}) "
              "| certified, any method | train time | best epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -239,8 +229,10 @@ def write_results(rows: list[dict], runs: Path, crown_samples: int, total_wall: 
     samples = rows[0]["samples"] if rows else 0
     pairs = [(r["taps"], r["pgd"], r["crown"]["certified"] if r["crown"] else r["crown_ibp"]) for r in rows
              if r["taps"] is not None and r["pgd"] is not None]
-    corr_pgd = correlation([p[0] for p in pairs], [p[1] for p in pairs])
-    corr_cert = correlation([p[0] for p in pairs], [p[2] for p in pairs])
+    from tapsc.analysis import correlation
+
+    corr_pgd = correlation([p[0] for p in pairs], [p[1] for p in pairs])["pearson"]
+    corr_cert = correlation([p[0] for p in pairs], [p[2] for p in pairs])["pearson"]
     lines = [
         "# Results: a Fashion-MNIST study at eps = 0.1 on a 2-core CPU",
         "",

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
+from cli_helpers import invoke
 
 from tapsc import rundir
-from tapsc.cli import app
 from tapsc.compile import compile_network
 from tapsc.data import load_dataset
 from tapsc.spec import load_spec_text
@@ -27,10 +26,6 @@ optimizer adam { lr 1e-2; epochs 1 }
 eval { attack pgd(steps = 8, restarts = 1, margin); batch 16 }
 export { samples 30; timeout 2000 }
 """
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cli_helpers import invoke
 from dist_helpers import DIST_SPEC
 
 from tapsc import distributed
-
-
-def _invoke(*args):
-    from typer.testing import CliRunner
-
-    from tapsc.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("args, code", [
@@ -26,7 +19,7 @@ def test_bad_launch_is_a_diagnostic(tmp_path, args, code):
     spec = tmp_path / "dist.taps"
     spec.write_text(DIST_SPEC)
     for command in (("run", spec), ("certify", spec, "--checkpoint", tmp_path / "none.pt")):
-        result = _invoke(*command, *args)
+        result = invoke(*command, *args)
         assert result.exit_code == 1, result.output
         assert f"error[{code}]" in result.output and "Traceback" not in result.output
 
@@ -35,7 +28,7 @@ def test_bad_launch_is_a_diagnostic(tmp_path, args, code):
 def test_nccl_without_gpus_is_a_diagnostic(tmp_path):
     spec = tmp_path / "dist.taps"
     spec.write_text(DIST_SPEC)
-    result = _invoke("run", spec, "--nproc-per-node", "2", "--device", "cuda")
+    result = invoke("run", spec, "--nproc-per-node", "2", "--device", "cuda")
     assert result.exit_code == 1 and "error[no-cuda]" in result.output and "NCCL" in result.output
 
 
@@ -44,7 +37,7 @@ def test_nproc_inside_a_torchrun_worker_is_refused(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     spec = tmp_path / "dist.taps"
     spec.write_text(DIST_SPEC)
-    result = _invoke("run", spec, "--nproc-per-node", "2")
+    result = invoke("run", spec, "--nproc-per-node", "2")
     assert result.exit_code == 1 and "error[nested-launch]" in result.output
 
 

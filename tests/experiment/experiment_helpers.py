@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from tapsc.cli import app
+from cli_helpers import invoke, write_file  # noqa: F401  (invoke is re-exported to the tests)
 
 FAST_SPEC = """\
 # A three-epoch TAPS run for the experiment tests.
@@ -31,11 +29,5 @@ SWEEP_SETS = ("--set", "method.taps.weight=1,5", "--set", "eval.metrics=(natural
 
 
 def write_spec(folder: Path, text: str = FAST_SPEC, name: str = "fast.taps") -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path
+    return write_file(folder, name, text)
 
-
-def invoke(*args):
-    """Run ``tapsc ARGS`` in-process; returns typer's Result (output holds stdout and stderr)."""
-    return CliRunner().invoke(app, [str(a) for a in args])

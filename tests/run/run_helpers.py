@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from typer.testing import CliRunner
-
-from tapsc.cli import app
+from cli_helpers import invoke, write_file  # noqa: F401  (invoke is re-exported to the tests)
 
 TINY_SPEC = """\
 # A tiny TAPS run for the tests: natural, IBP ramp, TAPS.
@@ -27,14 +25,7 @@ eval { metrics (natural, pgd, ibp, taps, crown_ibp); attack pgd(steps = 5, resta
 
 
 def write_spec(folder: Path, text: str = TINY_SPEC, name: str = "tiny.taps") -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path
-
-
-def invoke(*args: str):
-    """Run ``tapsc ARGS`` in-process; returns typer's Result (output holds stdout and stderr)."""
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return write_file(folder, name, text)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
