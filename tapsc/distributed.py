@@ -147,16 +147,10 @@ def init_from_env(device_name: str) -> Context:
     return _current
 
 
-def shutdown(completed: bool = False) -> None:
-    """Leave the process group (if this process joined one).
-
-    ``completed``: this rank finished its work normally; it then waits for the others
-    before tearing down, so no rank closes its Gloo pairs while a peer still has an
-    operation in flight with it (an early teardown can abort the slower peer)."""
+def shutdown() -> None:
+    """Leave the process group (if this process joined one)."""
     global _current
     if dist.is_initialized():
-        if completed:
-            dist.barrier()
         dist.destroy_process_group()
     _current = SINGLE
 

@@ -92,7 +92,6 @@ def run_command(
     finally:
         if display is not None:
             display.close()
-        # No barrier here: rank 0 evaluates alone after training, for longer than any timeout.
         distributed.shutdown()
 
 

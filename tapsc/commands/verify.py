@@ -144,13 +144,11 @@ def certify_command(
             argv = ["certify", str(target), *(str(a) for k, v in flags.items() if v is not None for a in (k, v))]
             raise typer.Exit(code=distributed.launch(argv, nproc_per_node))
     context = distributed.init_from_env(device)
-    completed = False
     try:
         _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, eps, out, data_root,
                  context)
-        completed = True
     finally:
-        distributed.shutdown(completed)
+        distributed.shutdown()
 
 
 def _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, eps, out, data_root,
