@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from tapsc import ir
+from tapsc.certify.precision import full_float32
 
 SOUND = ("ibp", "crown_ibp", "crown")
 ESTIMATES = ("ibp", "crown_ibp", "crown", "sabr", "taps", "pgd")  # loosest sound ... attack
@@ -100,6 +101,7 @@ def sabr_settings(spec: ir.Spec) -> tuple[float, ir.InputAttack]:
     return DEFAULT_SABR_LAMBDA, ir.InputAttack(steps=8)
 
 
+@full_float32()  # the sound bounds among them are compared with verdicts
 def batch_estimates(network, x_B, y_B, spec: ir.Spec, methods: Sequence[str]) -> dict[str, torch.Tensor]:
     """Every requested estimate of m* for one batch, (B,) each; the network must be in eval mode."""
     from tapsc.evaluate import latent_attack

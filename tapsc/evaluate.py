@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tapsc import ir
+from tapsc.certify.precision import full_float32
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import Emit, EvalEnded, EvalProgress, EvalStarted, ignore
 
@@ -90,6 +91,7 @@ def available(metrics: Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in metrics if crown_ok or m not in ("crown", "crown_ibp"))
 
 
+@full_float32()
 def evaluate(network: torch.nn.Module, dataset: Dataset, spec: ir.Spec, metrics: Sequence[str], *,
              device: torch.device | str = "cpu", batch: int | None = None, emit: Emit = ignore,
              split: str = "selection") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from torch import nn
 from tapsc import ir
 from tapsc.certify.attack import pgd_counterexamples
 from tapsc.certify.linear import METHODS, LinearBounds
+from tapsc.certify.precision import full_float32
 
 VERDICTS = ("misclassified", "falsified", "certified", "unknown")
 
@@ -75,6 +76,7 @@ class Cascade:
         self.bounds = LinearBounds(self.network.layers if hasattr(self.network, "layers") else self.network,
                                    self.chunk_elements)
 
+    @full_float32()
     def run(self, x_BX: torch.Tensor, labels_B: torch.Tensor, indices: Sequence[int]) -> list[SampleVerdict]:
         """Verdicts for one batch."""
         B = x_BX.shape[0]
@@ -135,6 +137,7 @@ class Cascade:
                              attack_margin=float(attack_B[i]), time=float(spent[i]))
 
 
+@full_float32()
 def certify_dataset(cascade: Cascade, dataset, indices: Sequence[int], batch: int, device: str | torch.device = "cpu",
                     progress: Callable[[int], None] | None = None, seed: int | None = None,
                     shard: tuple[int, int] = (0, 1)) -> list[SampleVerdict]:

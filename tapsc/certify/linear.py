@@ -33,6 +33,7 @@ from torch import nn
 
 from tapsc.certify import rules
 from tapsc.certify.graph import Graph, build_graph
+from tapsc.certify.precision import full_float32
 
 REL_MARGIN = 1e-5
 ABS_MARGIN = 1e-6
@@ -141,6 +142,7 @@ class LinearBounds:
 
     # ------------------------------------------------------------ the margin
 
+    @full_float32()
     def margin_lower_bounds(self, lo: torch.Tensor, hi: torch.Tensor, labels: torch.Tensor,
                             method: str) -> torch.Tensor:
         """Lower bounds of o_y - o_j (j != y) over the box [lo, hi]: shape (B, K-1).

@@ -84,11 +84,22 @@ class _Connect(torch.autograd.Function):
         width = z_hi - z_lo  # bounds-shaped, (B, 1, *Z): E times smaller than z_hat
         degenerate = width <= 0
         safe = torch.where(degenerate, torch.ones_like(width), width) * ctx.c
-        grad_lo = grad_hi = None
-        if ctx.needs_input_grad[1]:
-            grad_lo = _weighted_sum(z_hat - z_lo, safe, degenerate, grad_out, z_lo.shape)
-        if ctx.needs_input_grad[2]:
-            grad_hi = _weighted_sum(z_hi - z_hat, safe, degenerate, grad_out, z_hi.shape)
+        grad_lo = torch.empty_like(z_lo) if ctx.needs_input_grad[1] else None
+        grad_hi = torch.empty_like(z_hi) if ctx.needs_input_grad[2] else None
+        # Memory chunks of samples, each temporary about one bounds tensor in size: this
+        # backward runs at the TAPS step's memory peak (z_hat and grad_out are both alive).
+        batch = z_hat.shape[0]
+        per_chunk = batch
+        if z_lo.dim() == z_hat.dim() and z_lo.shape[0] == batch and z_hi.shape[0] == batch:
+            per_chunk = -(-batch // max(1, z_hat.numel() // max(z_lo.numel(), 1)))  # samples / E
+        for start in range(0, batch, per_chunk):
+            part = slice(start, start + per_chunk)
+            if grad_lo is not None:
+                grad_lo[part] = _weighted_sum(z_hat[part] - z_lo[part], safe[part], degenerate[part],
+                                              grad_out[part], z_lo[part].shape)
+            if grad_hi is not None:
+                grad_hi[part] = _weighted_sum(z_hi[part] - z_hat[part], safe[part], degenerate[part],
+                                              grad_out[part], z_hi[part].shape)
         return None, grad_lo, grad_hi, None
 
 

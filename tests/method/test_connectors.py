@@ -73,3 +73,22 @@ def test_every_connector_kind_is_registered_and_maps_to_c():
 def test_c_outside_unit_interval_is_rejected():
     with pytest.raises(ValueError):
         connect(torch.zeros(1), torch.zeros(1), torch.ones(1), 1.5)
+
+
+@pytest.mark.parametrize("c", [0.25, 0.5, 1.0])
+def test_batched_backward_equals_the_formula_summed_over_estimators(c):
+    # 7 samples x 3 estimators: the backward works in memory chunks of ceil(7 / 3) samples,
+    # which must give exactly the per-element formula summed over estimators.
+    from tapsc.method.connectors import connector_weights
+
+    generator = torch.Generator().manual_seed(0)
+    z_lo = torch.randn(7, 1, 2, 5, generator=generator)
+    z_hi = z_lo + torch.rand(7, 1, 2, 5, generator=generator)
+    z_hi[0, 0, 1] = z_lo[0, 0, 1]  # some degenerate widths
+    z_hat = z_lo + torch.rand(7, 3, 2, 5, generator=generator) * (z_hi - z_lo)
+    upstream = torch.randn(7, 3, 2, 5, generator=generator)
+    z_lo.requires_grad_(True), z_hi.requires_grad_(True)
+    (connect(z_hat, z_lo, z_hi, c) * upstream).sum().backward()
+    d_lo, d_hi = connector_weights(z_hat, z_lo.detach(), z_hi.detach(), c)
+    torch.testing.assert_close(z_lo.grad, (upstream * d_lo).sum(1, keepdim=True))
+    torch.testing.assert_close(z_hi.grad, (upstream * d_hi).sum(1, keepdim=True))

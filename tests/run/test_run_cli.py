@@ -11,7 +11,7 @@ from tapsc import ir
 from tapsc.rundir import load_run
 from tapsc.spec import load_spec
 
-from run_helpers import invoke, weights, write_spec
+from run_helpers import TINY_SPEC, invoke, weights, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,34 @@ def test_mixed_precision_run_trains_and_keeps_float32_state(tmp_path):
             assert tensor.dtype == torch.float32, name
             assert torch.isfinite(tensor).all(), name
     assert any(name.endswith("running_mean") for name in state)
+
+
+def test_rows_say_where_the_training_time_went(finished_run):
+    folder, _, _ = finished_run
+    for line in (folder / "run" / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        parts = row["train_part_seconds"]
+        assert set(parts) == {"data", "step", "probe", "display"} and min(parts.values()) >= 0
+        assert parts["step"] > 0 and sum(parts.values()) <= row["train_seconds"] + 0.01 <= row["seconds"] + 0.01
+
+
+def test_running_taps_probes_are_capped_per_epoch(tmp_path, monkeypatch):
+    from tapsc import run
+    from tapsc.method import metrics
+
+    probed = []
+    real = metrics.taps_robust
+
+    def counting(network, x, y, eps, attack):
+        probed.append(len(y))
+        return real(network, x, y, eps, attack)
+
+    monkeypatch.setattr(metrics, "taps_robust", counting)
+    monkeypatch.setattr(run, "PROBE_EVERY", 1)
+    monkeypatch.setattr(run, "PROBES_PER_EPOCH", 2)  # 4 batches per epoch: batches 0 and 2
+    spec = write_spec(tmp_path, TINY_SPEC.replace("epochs 4", "epochs 3").replace("decay 0.5 at (3)", "decay 0.5 at (2)"))
+    result = invoke("run", spec, "--out", tmp_path / "run", "--device", "cpu", "--set", "eval.metrics=(natural)",
+                    "--set", "eval.select=natural")
+    assert result.exit_code == 0, result.output
+    # batches 0 and 2 of the IBP and the TAPS epoch, less the IBP epoch's batch 0 (its eps ramp starts at 0)
+    assert probed == [32] * 3
