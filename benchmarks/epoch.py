@@ -33,12 +33,12 @@ SPECS = {"taps": ROOT / "specs" / "bench" / "cifar_epoch_taps.taps",
 TRAIN_BATCHES, PER_BATCH = 5, 10_000
 
 
-def write_random_cifar10(root: Path, test_images: int = 1000, seed: int = 0) -> Path:
+def write_random_cifar10(root: Path, test_images: int = 1000, seed: int = 0, per_batch: int = PER_BATCH) -> Path:
     """cifar-10-batches-py as the official archive lays it out, with random pixels."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    files = [(f"data_batch_{i}", PER_BATCH) for i in range(1, TRAIN_BATCHES + 1)] + [("test_batch", test_images)]
+    files = [(f"data_batch_{i}", per_batch) for i in range(1, TRAIN_BATCHES + 1)] + [("test_batch", test_images)]
     for name, count in files:
         rows = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=count).tolist()

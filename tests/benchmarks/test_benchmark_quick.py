@@ -46,3 +46,34 @@ def test_quick_benchmark_writes_positive_finite_ratios(tmp_path, monkeypatch):
     counts = certify["trained"]["certified"]
     assert set(counts) == {"ibp", "crown_ibp", "crown"}
     assert certify["trained"]["crown_gain_over_ibp"] == counts["crown"] - counts["ibp"]
+
+
+def test_epoch_benchmark_times_a_real_run(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("epoch", None)
+    import epoch
+
+    data = epoch.write_random_cifar10(tmp_path / "data", test_images=8, per_batch=8)
+    assert epoch.has_cifar10(data)
+    out = tmp_path / "epoch.json"
+    rows = epoch.main(["--device", "cpu", "--amp", "off", "--methods", "ibp", "--images", "16",
+                       "--data-root", str(data), "--out", str(tmp_path / "runs"), "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == rows and [r["method"] for r in rows] == ["ibp"]
+    row = rows[0]
+    assert row["images"] == 16 and row["batches"] == 1 and _finite_positive(row["train_seconds"])
+    assert set(row["parts"]) == {"data", "step", "probe", "display"}
+    assert sum(row["parts"].values()) <= row["train_seconds"] + 0.01 <= row["epoch_seconds"] + 0.01
+
+
+def test_attack_sparsity_counts_moves_and_flips(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("attack_sparsity", None)
+    import attack_sparsity
+
+    with torch.random.fork_rng():
+        rows = attack_sparsity.main(["--width", "4", "--batch", "3", "--steps", "4"])
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["coords_moved"] > 0  # a random start inside the box always moves
+    for row in rows:
+        assert 0 <= row["coords_moved"] <= 1 and 0 <= row["rows_still"] <= 1
+        assert 0 <= row["flips_per_row"] <= row["units"] and math.isfinite(row["objective"])
