@@ -10,6 +10,7 @@ set -u
 BUDGET=${1:-540}
 OUT=${OUT:-/tmp/tapsc-gpu}
 mkdir -p "$OUT"
+rm -rf /tmp/qs /tmp/qs-export /tmp/epoch-runs  # the folders this script writes: a rerun starts clean
 export PYTHONUNBUFFERED=1 TAPSC_OFFLINE=1
 if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
