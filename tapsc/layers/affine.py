@@ -27,6 +27,8 @@ def _centre_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, to
 class Conv(BoundLayer):
     """2-d convolution; parameters ``weight`` (O, C, k, k) and ``bias`` (O,) as in nn.Conv2d."""
 
+    autocast = "lowers"
+
     def __init__(self, in_channels: int, node: ir.Conv):
         super().__init__()
         # Borrow nn.Conv2d's default initialisation, then keep only the parameters.
@@ -63,6 +65,8 @@ class Conv(BoundLayer):
 @register_layer("linear")
 class Linear(BoundLayer):
     """Fully connected layer; parameters ``weight`` (O, I) and ``bias`` (O,) as in nn.Linear."""
+
+    autocast = "lowers"
 
     def __init__(self, in_features: int, node: ir.Linear):
         super().__init__()

@@ -52,6 +52,11 @@ class BoundLayer(nn.Module):
     """
 
     kind: str = ""
+    # How the layer meets autocast: "lowers" (autocast runs it in the low-precision dtype,
+    # casting its input first: conv, linear), "reshapes" (moves values without arithmetic),
+    # or "other". The latent attack uses it to hold its differentiated iterate in the dtype
+    # the classifier would cast it to anyway (tapsc.method.latent_attack.attack_input_dtype).
+    autocast: str = "other"
 
     @classmethod
     def build(cls, node: ir.Node, in_shape: Shape) -> tuple["BoundLayer", Shape]:

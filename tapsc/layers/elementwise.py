@@ -31,6 +31,8 @@ class ReLU(BoundLayer):
 
 @register_layer("flatten")
 class Flatten(BoundLayer):
+    autocast = "reshapes"
+
     @classmethod
     def build(cls, node, in_shape: Shape):
         return cls(), layer_output_shape(ir.Flatten(), tuple(in_shape))
@@ -42,6 +44,8 @@ class Flatten(BoundLayer):
 @register_layer("identity")
 class Identity(BoundLayer):
     """No-op; the empty shortcut of a residual block."""
+
+    autocast = "reshapes"
 
     @classmethod
     def build(cls, node, in_shape: Shape):

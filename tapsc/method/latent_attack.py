@@ -15,7 +15,9 @@ extractor and never touch running statistics; each step asks autograd for the gr
 of the latent only (no parameter gradients), the final scoring pass runs without a
 graph, and the (B*E*R, *Z) iterate, best point and step are updated in place (on CPU
 every fresh tensor of that size costs a memory pass plus page faults). Only the final
-pass of the chosen points (through the connector) is differentiable. The attack's cost
+pass of the chosen points (through the connector) is differentiable. Under autocast the
+attack differentiates a low-precision copy of the iterate when the classifier would cast
+it anyway (``attack_input_dtype``): same points, half the gradient's bytes. The attack's cost
 is then two classifier matmuls per step over B*(K-1)*R rows (forward and the
 gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md.
 
@@ -34,6 +36,7 @@ from tapsc.method.connectors import connect_with
 
 LR_DECAY_AT = 0.7
 LR_DECAY = 0.1
+MIXED_UPDATE_CHUNKS = 8  # memory chunks of samples for a float32 iterate updated with a bf16 step
 
 
 def wrong_classes(y_B: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,7 +52,39 @@ def _objective(logits_NK, y_N, wrong_N):
     return logits_NK.gather(1, wrong_N[:, None])[:, 0] - logits_NK.gather(1, y_N[:, None])[:, 0]
 
 
-def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.LatentAttack, multi: bool):
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The active autocast dtype on ``device_type``, or None when autocast is off."""
+    try:
+        on, dtype = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4: per-device functions
+        cpu = device_type == "cpu"
+        on = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    return dtype if on else None
+
+
+def attack_input_dtype(layers, like: torch.Tensor) -> torch.dtype:
+    """The dtype in which the attack holds the copy of its iterate that it differentiates.
+
+    Under autocast a conv or linear casts its input to the autocast dtype first. When such a
+    layer is the classifier's first arithmetic (after reshapes only), casting the iterate
+    ourselves gives the layer the same values, and autograd then returns the gradient in
+    that dtype: half the bytes of the float32 gradient autocast's cast would hand back,
+    with the same signs (that cast's backward is an exact widening). Otherwise the
+    iterate's own dtype.
+    """
+    low = _autocast_dtype(like.device.type)
+    if low is None:
+        return like.dtype
+    for layer in layers:
+        how = getattr(layer, "autocast", "other")
+        if how != "reshapes":
+            return low if how == "lowers" else like.dtype
+    return like.dtype
+
+
+def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.LatentAttack, multi: bool,
+                  input_dtype: torch.dtype | None = None):
     """Attack one chunk of samples; returns the best point per (sample, estimator), (B, E, *Z)."""
     batch, restarts, latent = lo_B.shape[0], attack.restarts, tuple(lo_B.shape[1:])
     view = (batch, 1, 1) + latent
@@ -66,11 +101,13 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
     lr0 = attack.step_size if attack.step_size is not None else max(0.2, 2 / attack.steps)
     decay_step = math.ceil(LR_DECAY_AT * attack.steps)
     step_width = {}  # lr * width per learning rate, (B, 1, 1, *Z): computed once, not per step
+    input_dtype = input_dtype or z.dtype
     for step in range(attack.steps + 1):
         last = step == attack.steps
-        z.requires_grad_(not last)
+        z_in = z if input_dtype == z.dtype else z.detach().to(input_dtype)  # see attack_input_dtype
+        z_in.requires_grad_(not last)
         with torch.set_grad_enabled(not last):  # the last pass only scores the final points
-            value_N = _objective(classifier(z.reshape((rows,) + latent)), y_N, wrong_N)
+            value_N = _objective(classifier(z_in.reshape((rows,) + latent)), y_N, wrong_N)
         value_N, graph_N = value_N.detach(), value_N
         improved_N = value_N > best_value
         best_value = torch.where(improved_N, value_N, best_value)
@@ -79,13 +116,20 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
                     out=best_z)
         if last:
             break
-        grad, = torch.autograd.grad(graph_N.sum(), z)
+        grad, = torch.autograd.grad(graph_N.sum(), z_in)
+        del z_in, graph_N
         lr = lr0 * (LR_DECAY if step >= decay_step else 1.0)
         if lr not in step_width:
             step_width[lr] = width * lr  # same rounding as (sign * lr) * width: sign is exactly 0 or +-1
         # z + sign(g) * lr * width, clipped to the box, updated in place (the step's graph is freed).
         direction = grad.sign_() if grad.is_contiguous() else grad.sign()
-        z = z.detach().addcmul_(direction, step_width[lr]).clamp_(lo, hi)
+        z = z.detach()
+        if direction.dtype == z.dtype:
+            z.addcmul_(direction, step_width[lr]).clamp_(lo, hi)
+        else:  # a mixed-dtype in-place update allocates a float32 copy of its operand: chunk it
+            for part in range(0, batch, max(1, -(-batch // MIXED_UPDATE_CHUNKS))):
+                rows_of = slice(part, part + max(1, -(-batch // MIXED_UPDATE_CHUNKS)))
+                z[rows_of].addcmul_(direction[rows_of], step_width[lr][rows_of]).clamp_(lo[rows_of], hi[rows_of])
         del grad, direction  # free before the next step's gradient is allocated
     if restarts == 1:
         return best_z[:, :, 0]
@@ -108,11 +152,12 @@ def latent_attack(network, z_lo: torch.Tensor, z_hi: torch.Tensor, y: torch.Tens
     if attack.estimation_batch is not None:
         per_chunk = max(1, attack.estimation_batch // (estimators * attack.restarts))
     chunks = []
+    input_dtype = attack_input_dtype(network.layers[network.split:], lo)
     with network.frozen_batchnorm(detach=True), torch.enable_grad():
         for start in range(0, lo.shape[0], per_chunk):
             part = slice(start, start + per_chunk)
             chunks.append(_attack_chunk(network.classifier, lo[part], hi[part], y[part], estimators,
-                                        attack, multi))
+                                        attack, multi, input_dtype))
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 

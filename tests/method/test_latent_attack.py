@@ -133,3 +133,36 @@ def test_in_place_attack_loop_matches_the_plain_loop_bit_for_bit(restarts):
     with network.frozen_batchnorm(detach=True):
         plain = _plain_attack(network.classifier, z_lo.detach(), z_hi.detach(), y, attack)
     assert torch.equal(fast, plain)
+
+
+@pytest.mark.parametrize("split,restarts", [(1, 1), (2, 3)])
+def test_bf16_autocast_attack_holds_a_bf16_copy_and_finds_the_same_points(split, restarts):
+    # split 1: the classifier starts flatten -> linear; split 2: with a conv. Either casts
+    # its input under autocast, so the attack casts first and differentiates the bf16 copy.
+    from tapsc.method.latent_attack import attack_input_dtype
+
+    network = build(split=split, seed=5)
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
+    attack = ir.LatentAttack(steps=9, restarts=restarts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert z_lo.dtype == torch.float32
+        assert attack_input_dtype(network.layers[network.split:], z_lo) == torch.bfloat16
+        torch.manual_seed(7)
+        fast = latent_attack(network, z_lo, z_hi, y, attack)
+        torch.manual_seed(7)
+        with network.frozen_batchnorm(detach=True):
+            plain = _plain_attack(network.classifier, z_lo.detach(), z_hi.detach(), y, attack)
+    assert fast.dtype == torch.float32 and torch.equal(fast, plain)
+
+
+def test_attack_input_dtype_follows_the_first_arithmetic_layer():
+    from tapsc.method.latent_attack import attack_input_dtype
+
+    network = build(split=1)
+    z = torch.zeros(2, 16)
+    classifier = list(network.layers[network.split:])
+    assert attack_input_dtype(classifier, z) == torch.float32  # autocast off
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attack_input_dtype(classifier, z) == torch.bfloat16  # flatten (reshapes), then linear
+        assert attack_input_dtype(classifier[2:], z) == torch.float32  # batchnorm first: not cast by autocast
+        assert attack_input_dtype([], z) == torch.float32
