@@ -76,7 +76,9 @@ def time_epoch(method: str, device: str, amp: bool, data_root: Path, images: int
                          f"\n{result.stderr[-3000:]}")
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     row = history[-1]  # with --epochs 2 or more: an epoch after start-up (cuDNN autotuning, lazy init)
-    batches = -(-(images or TRAIN_BATCHES * PER_BATCH) // 128)
+    from tapsc.spec import load_spec
+
+    batches = -(-(images or TRAIN_BATCHES * PER_BATCH) // load_spec(SPECS[method]).data.batch)
     return {"method": method, "amp": amp, "device": device, "images": images or TRAIN_BATCHES * PER_BATCH,
             "batches": batches, "epochs": epochs, "train_seconds": row["train_seconds"],
             "first_train_seconds": history[0]["train_seconds"], "parts": row.get("train_part_seconds"),

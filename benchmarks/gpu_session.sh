@@ -4,7 +4,7 @@
 # 1. the environment; 2. CIFAR-10 epochs, TAPS vs IBP, bf16 then fp32 (benchmarks/epoch.py);
 # 3. the CUDA path end to end (quickstart run, certify, export); 4. step ratios, eager fp32/bf16;
 # 5. certification throughput; 6. torch.compile, with whatever time is left.
-# Every step has a deadline inside the budget; logs and JSON land in $OUT (log.txt is the summary).
+# Every step has a deadline inside the budget; JSON, log.txt (the summary) and logs.tgz land in $OUT.
 # Where the machine lacks lark/pydantic, put their wheels in .whl/ (see docs/benchmarks.md).
 set -u
 BUDGET=${1:-540}
@@ -44,7 +44,9 @@ step e2e 100 bash -c "set -e; $PY -m tapsc run specs/quickstart.taps --device $D
 step steps 110 $PY benchmarks/train_step.py --device $DEVICE --compile off --amp both --reps 5 --no-certify \
   --methods 'natural,ibp,ibp_shi,pgd_steps20,sabr_steps20,taps_relu*_steps20,staps_relu1_steps20,taps_relu1_steps8' \
   --json "$OUT/steps.json" ${STEP_ARGS:-}
-step certify 50 $PY benchmarks/certify_throughput.py --device $DEVICE --run-dir /tmp/qs --json "$OUT/certify.json"
+step certify 90 $PY benchmarks/certify_throughput.py --device $DEVICE --samples 16 --run-dir /tmp/qs --json "$OUT/certify.json"
 step compile 200 $PY benchmarks/train_step.py --device $DEVICE --compile on --amp both --reps 3 --no-certify \
   --shapes cifar10 --methods 'ibp,taps_relu1_steps20' --json "$OUT/compile.json" ${STEP_ARGS:-}
 echo "=== done, $(( END - $(date +%s) ))s of the budget left" | tee -a "$LOG"
+# the device tool brings back at most 8 files: the JSON, log.txt and one archive of the full logs
+tar czf "$OUT/logs.tgz" -C "$OUT" $(cd "$OUT" && ls *.out) && rm -f "$OUT"/*.out
