@@ -34,6 +34,7 @@ import torch
 
 from tapsc import ir
 from tapsc.certify.precision import full_float32
+from tapsc.shapes import count_relus, split_index
 
 SOUND = ("ibp", "crown_ibp", "crown")
 ESTIMATES = ("ibp", "crown_ibp", "crown", "sabr", "taps", "pgd")  # loosest sound ... attack
@@ -298,9 +299,34 @@ def across_runs(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- one run
 
 
+def count_relus_in_classifier(spec: ir.Spec, index: int) -> int:
+    return count_relus(spec.model.layers[index:])
+
+
+def taps_split_index(spec: ir.Spec, relus: int) -> int:
+    """The layer index where a classifier with ``relus`` ReLUs starts, or a clean error."""
+    from tapsc.errors import Diagnostic, TapscError
+
+    try:
+        return split_index(spec.model, ir.SplitByRelus(count=relus))
+    except ValueError:
+        valid = [n for n in range(count_relus(spec.model.layers) + 1) if _has_boundary(spec, n)]
+        raise TapscError(Diagnostic(code="bad-split", message=f"`--split {relus}`: no layer boundary of this model "
+                                    f"leaves {relus} ReLU(s) in the classifier",
+                                    help=f"valid: {', '.join(map(str, valid))}")) from None
+
+
+def _has_boundary(spec: ir.Spec, relus: int) -> bool:
+    try:
+        split_index(spec.model, ir.SplitByRelus(count=relus))
+        return True
+    except ValueError:
+        return False
+
+
 def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", methods: Sequence[str] = ESTIMATES,
                 batch: int | None = None, device: str = "auto", data_root: str | None = None,
-                progress=lambda done, total: None) -> dict[str, Any]:
+                split: int | None = None, progress=lambda done, total: None) -> dict[str, Any]:
     """Estimate the worst-case margin of the first ``samples`` test samples of a run.
 
     Args:
@@ -311,13 +337,17 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
         batch: batch size (default ``eval.batch``).
         device: where to compute.
         data_root: folder holding the dataset on this machine.
+        split: ReLUs in the classifier for the TAPS estimate (default: the spec's split); the
+            same weights, cut elsewhere (the other estimates do not depend on the split).
         progress: called with (samples done, total) after every batch.
 
     Returns:
-        ``{"run", "checkpoint", "eps", "samples", "methods", "stored", "summary", "records"}``.
+        ``{"run", "checkpoint", "eps", "samples", "methods", "taps_split", "stored", "summary",
+        "records"}``; ``taps_split`` is ``{"relus_in_classifier", "index"}``.
 
     Raises:
-        TapscError: not a run, unknown method, missing data, bad device.
+        TapscError: not a run, unknown method, missing data, bad device, a split with no
+            layer boundary.
     """
     from torch.utils.data import DataLoader
 
@@ -333,6 +363,9 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
     methods = [m for m in ESTIMATES if m in methods]
     target = resolve_device(device)
     spec, network = rundir.load_run(run_dir, which, device=target)
+    relus = count_relus_in_classifier(spec, network.split)
+    if split is not None:
+        network.split, relus = taps_split_index(spec, split), split  # only the TAPS estimate reads it
     data = spec.data if data_root is None else spec.data.model_copy(update={"root": data_root})
     test_set = first(load_dataset(data, train=False, shape=tuple(spec.model.input_shape)), samples)
     network = network.float().eval()
@@ -350,4 +383,5 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
     stored_name, stored = stored_verdicts(run_dir, spec.perturbation.eps)
     records = sample_records(estimates, list(range(len(labels))), labels, correct, stored)
     return {"run": str(run_dir), "checkpoint": which, "eps": spec.perturbation.eps, "samples": len(records),
-            "methods": methods, "stored": stored_name, "summary": summarize(records, methods), "records": records}
+            "methods": methods, "taps_split": {"relus_in_classifier": relus, "index": network.split},
+            "stored": stored_name, "summary": summarize(records, methods), "records": records}

@@ -175,6 +175,8 @@ def analyze_command(
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (default eval.batch)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    split: Optional[int] = typer.Option(None, "--split", min=0,
+                                        help="ReLUs in the classifier for the TAPS estimate (default: the spec's)."),
 ) -> None:
     """Worst-case margin per test sample by IBP, CROWN, SABR, TAPS and PGD: histograms of each
     estimate's gap to the tightest sound bound and to the strongest attack, and how TAPS
@@ -194,11 +196,12 @@ def analyze_command(
         folder = (out / Path(run_dir).name if len(run_dirs) > 1 else out) if out else Path(run_dir) / "analysis"
         with _progress(f"analyzing {escape(str(run_dir))}") as advance:
             result = analyze_run(run_dir, samples=samples, which=which, methods=chosen, batch=batch, device=device,
-                                 data_root=data_root, progress=advance)
+                                 data_root=data_root, split=split, progress=advance)
         folder.mkdir(parents=True, exist_ok=True)
         from tapsc.analysis import differences
 
-        title = f"{Path(run_dir).name}: {result['samples']} test samples, eps {result['eps']:g}"
+        title = (f"{Path(run_dir).name}: {result['samples']} test samples, eps {result['eps']:g}, "
+                 f"TAPS with {result['taps_split']['relus_in_classifier']} ReLU(s) in the classifier")
         margin_histograms(differences(result["records"], result["methods"]), folder / "margins.png", title)
         margin_scatter(result["records"], result["methods"], folder / "margins_scatter.png", title)
         (folder / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -74,3 +74,22 @@ def test_analyze_across_runs_correlates_taps_accuracy(run_dir: Path, tmp_path: P
     across = json.loads((tmp_path / "analysis_across_runs.json").read_text())
     assert len(across["runs"]) == 2 and "taps_vs_adversarial" in across
     assert invoke("analyze", run_dir, "--methods", "ibp,milp").exit_code == 1
+
+
+def test_analyze_cuts_the_taps_estimate_at_another_split(run_dir: Path, tmp_path: Path):
+    # The run trains with 1 ReLU in the classifier. Cut at 0 ReLUs, the classifier is the last
+    # linear layer: the attack reaches the exact maximum over the latent box, which is IBP's bound.
+    result = invoke("analyze", run_dir, "--samples", "16", "--methods", "ibp,taps", "--split", "0",
+                    "--out", tmp_path / "zero", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "zero" / "analysis.json").read_text())
+    assert report["taps_split"] == {"relus_in_classifier": 0, "index": 6}
+    assert all(abs(r["taps"] - r["ibp"]) <= 1e-4 * max(1.0, abs(r["ibp"])) for r in report["records"])
+    default = invoke("analyze", run_dir, "--samples", "16", "--methods", "ibp,taps", "--out", tmp_path / "one",
+                     "--device", "cpu")
+    assert default.exit_code == 0, default.output
+    again = json.loads((tmp_path / "one" / "analysis.json").read_text())
+    assert again["taps_split"] == {"relus_in_classifier": 1, "index": 4}
+    assert any(r["taps"] > r["ibp"] + 1e-4 for r in again["records"])  # one ReLU inside: IBP is looser
+    bad = invoke("analyze", run_dir, "--split", "7", "--device", "cpu")
+    assert bad.exit_code == 1 and "error[bad-split]" in bad.output and "valid: 0, 1, 2" in bad.output
