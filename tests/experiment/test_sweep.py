@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from experiment_helpers import SWEEP_SETS, invoke, write_spec
+from experiment_helpers import FAST_SPEC, SWEEP_SETS, invoke, write_spec
 
 from tapsc import rundir
 from tapsc.sweep import METRIC_COLUMNS, Axis, grid, parse_sets, split_values
@@ -190,3 +194,48 @@ def test_each_gpu_slot_gets_its_own_gpu(monkeypatch):
     assert "CUDA_VISIBLE_DEVICES" not in point_environment(1, "cuda:0", False, 3)  # one named GPU for all
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     assert point_environment(1, "cuda", False, 2)["CUDA_VISIBLE_DEVICES"] == "6"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in command and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_parallel_points_stop_when_the_sweep_is_killed(tmp_path: Path):
+    # SIGKILL reaches no handler; the points must not train on as orphans.
+    spec = write_spec(tmp_path, FAST_SPEC.replace("epochs 3", "epochs 400"))
+    out = tmp_path / "sw"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen([sys.executable, "-m", "tapsc", "sweep", str(spec), "--set", "method.taps.weight=1,5",
+                              "--out", str(out), "--device", "cpu", "--parallel", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    points: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(points) < 2 and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.5)
+            points = [pid for pid in _processes_mentioning(str(out)) if pid != sweep.pid]
+        assert len(points) == 2, "the two points never started"
+        sweep.kill()
+        sweep.wait()
+        deadline = time.monotonic() + 30
+        while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_mentioning(str(out)), "points outlived the killed sweep"
+    finally:
+        for pid in _processes_mentioning(str(out)):
+            os.kill(pid, signal.SIGKILL)
+        if sweep.poll() is None:
+            sweep.kill()
