@@ -366,7 +366,7 @@ def _launch(sweep: Sweep, point: Point, status: str, options, env: dict[str, str
     try:
         process = subprocess.Popen(point_command(sweep, point, status, options), stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=False,
-                                   preexec_fn=_terminate_with_parent(os.getpid()))
+                                   preexec_fn=_terminate_with_parent(os.getpid()))  # noqa: PLW1509
     except BaseException:
         log.close()
         raise
