@@ -127,9 +127,10 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
         if direction.dtype == z.dtype:
             z.addcmul_(direction, step_width[lr]).clamp_(lo, hi)
         else:  # a mixed-dtype in-place update allocates a float32 copy of its operand: chunk it
-            for part in range(0, batch, max(1, -(-batch // MIXED_UPDATE_CHUNKS))):
-                rows_of = slice(part, part + max(1, -(-batch // MIXED_UPDATE_CHUNKS)))
-                z[rows_of].addcmul_(direction[rows_of], step_width[lr][rows_of]).clamp_(lo[rows_of], hi[rows_of])
+            per_part = max(1, -(-batch // MIXED_UPDATE_CHUNKS))
+            for start in range(0, batch, per_part):
+                part = slice(start, start + per_part)  # samples
+                z[part].addcmul_(direction[part], step_width[lr][part]).clamp_(lo[part], hi[part])
         del grad, direction  # free before the next step's gradient is allocated
     if restarts == 1:
         return best_z[:, :, 0]
