@@ -12,6 +12,7 @@ forms (`decay 0.2 at (120, 140)`, `schedule smooth from 1 to 81`, `phase taps un
 from __future__ import annotations
 
 import itertools
+import operator
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -112,11 +113,12 @@ def plain(value: Value, env: dict[str, Any] | None = None, scalar: bool = True) 
         left, right = _number(value.left, env), _number(value.right, env)
         if value.op == "/" and right == 0:
             raise Problem("division-by-zero", "division by zero", value.span)
-        result = {"+": left + right, "-": left - right, "*": left * right, "/": left / right}[value.op]
+        result = _ARITHMETIC[value.op](left, right)  # only the written operation: `x - 0` must not divide
         return int(result) if isinstance(result, float) and value.op != "/" and result.is_integer() else result
     raise AssertionError(f"unknown syntax value {value!r}")
 
 
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _CONSTANTS = {"true": True, "false": False, "none": None}
 
 

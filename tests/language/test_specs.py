@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tapsc import ir
+from tapsc.errors import TapscError
 from tapsc.printer import layer_rows, print_spec
 from tapsc.shapes import count_relus, split_index
 from tapsc.spec import load_spec, load_spec_text
@@ -143,6 +144,19 @@ block block_here(width, depth = 2) {
 }""".replace("block_here(8) }\n", "block_here(8) }\n", 1))
     convs = [l for l in spec.model.layers if l.kind == "conv"]
     assert [(c.out_channels, c.padding) for c in convs] == [(16, 1), (16, 1)]
+
+
+def test_arithmetic_with_a_zero_right_operand():
+    # found by the mutation test: `+`, `-` and `*` with a right operand of 0 raised
+    # ZeroDivisionError because every operation was evaluated, not only the written one
+    spec = load_spec_text("data mnist\nmodel { flatten; linear(10 - 0 + 0) }\n"
+                          "perturbation linf { eps 0.1 }\nmethod { phase ibp }\n"
+                          "optimizer adam { epochs 2 * 1; l1 1e-6 * 0 }")
+    assert spec.model.layers[-1].out_features == 10
+    assert spec.optimizer.epochs == 2 and spec.optimizer.l1 == 0
+    with pytest.raises(TapscError, match="division by zero"):
+        load_spec_text("data mnist\nmodel { flatten; linear(10 / 0) }\nperturbation linf { eps 0.1 }\n"
+                       "method { phase ibp }\noptimizer adam { epochs 2 }")
 
 
 def test_residual_blocks_and_split_marker():
