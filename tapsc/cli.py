@@ -36,10 +36,26 @@ def user_errors_exit(fn: F) -> F:
         except TapscError as error:
             from tapsc.diagnostics import render_error
 
-            err_console.print(render_error(error), soft_wrap=True, markup=False, highlight=False)
+            if not _report_to_launcher(render_error(error)):
+                err_console.print(render_error(error), soft_wrap=True, markup=False, highlight=False)
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _report_to_launcher(text: str) -> bool:
+    """In a worker of ``--nproc-per-node``, leave the diagnostic to the launcher, which prints
+    each distinct one once (every rank hits e.g. a missing dataset). False elsewhere."""
+    from tapsc import distributed
+
+    folder = os.environ.get(distributed.ERROR_DIR_ENV)
+    if not folder or not _is_distributed_worker():
+        return False
+    try:
+        distributed.write_worker_error(folder, int(os.environ["RANK"]), text)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def main() -> None:

@@ -27,9 +27,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -401,6 +403,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ERROR_DIR_ENV = "TAPSC_WORKER_ERRORS"  # set by ``launch``: where workers leave their diagnostics
+
+
+def write_worker_error(folder: str, rank: int, text: str) -> None:
+    """One worker's rendered diagnostic, written whole (tmp + rename) for the launcher."""
+    path = Path(folder) / f"rank-{rank}.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def report_worker_errors(folder: str) -> None:
+    """Print each distinct worker diagnostic once, naming the ranks when not all agree."""
+    by_text: dict[str, list[int]] = {}
+    for path in sorted(Path(folder).glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1])):
+        by_text.setdefault(path.read_text(encoding="utf-8"), []).append(int(path.stem.split("-")[1]))
+    for text, ranks in by_text.items():
+        where = f"(worker rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})"
+        print(f"{text.rstrip()}\n  = {where}" if len(by_text) > 1 or len(ranks) == 1 else text.rstrip(),
+              file=sys.stderr)
+
+
 def launch(argv: Sequence[str], nproc: int, after_kill: str = "run the command again") -> int:
     """Run ``python -m tapsc ARGV`` as ``nproc`` local workers under torch's elastic agent.
 
@@ -413,6 +437,18 @@ def launch(argv: Sequence[str], nproc: int, after_kill: str = "run the command a
         0 when every worker succeeded, else the first failed worker's exit code (a
         worker killed by a signal: 128 + the signal number, as a shell reports it).
     """
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    with tempfile.TemporaryDirectory(prefix="tapsc-errors-") as errors:
+        os.environ[ERROR_DIR_ENV] = errors  # inherited by the spawned workers
+        try:
+            return _launch_workers(argv, nproc, after_kill)
+        finally:
+            del os.environ[ERROR_DIR_ENV]
+            report_worker_errors(errors)
+
+
+def _launch_workers(argv: Sequence[str], nproc: int, after_kill: str) -> int:
     import logging
     import signal
     import uuid
@@ -422,12 +458,10 @@ def launch(argv: Sequence[str], nproc: int, after_kill: str = "run the command a
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # the agent logs every failure with its own formatting; workers print their own
-    # diagnostics, and a worker that died without one is reported below in one line
+    # the agent logs every failure with its own formatting; workers leave their diagnostics
+    # to ``launch``, and a worker that died without one is reported below in one line
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
 
-    if "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"tapsc-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                           monitor_interval=0.2, start_method="spawn",

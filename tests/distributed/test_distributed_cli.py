@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from cli_helpers import invoke
-from dist_helpers import DIST_SPEC
+from dist_helpers import DIST_SPEC, tapsc
 
 from tapsc import distributed
 
@@ -48,3 +48,22 @@ def test_device_for_slot_goes_round_robin():
         assert distributed.slot_environment(3) == {}
     else:
         assert distributed.device_for_slot(torch.cuda.device_count()) == torch.device("cuda:0")
+
+
+def test_an_error_every_worker_hits_is_printed_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAPSC_OFFLINE", "1")  # the workers inherit it: no download attempt
+    spec = tmp_path / "mnist.taps"
+    spec.write_text(DIST_SPEC.replace("data digits {", "data mnist {").replace("input (1, 8, 8)", "input (1, 28, 28)"))
+    result = tapsc("run", spec, "--nproc-per-node", "2", "--device", "cpu", "--data-root", tmp_path / "nowhere",
+                   "--out", tmp_path / "run")
+    assert result.returncode == 1
+    assert result.stderr.count("error[missing-dataset]") == 1 and "TAPSC_OFFLINE" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_distinct_worker_errors_name_their_ranks(tmp_path, capsys):
+    for rank, text in ((0, "error[a]: one\n"), (1, "error[b]: two\n"), (2, "error[a]: one\n")):
+        distributed.write_worker_error(str(tmp_path), rank, text)
+    distributed.report_worker_errors(str(tmp_path))
+    err = capsys.readouterr().err
+    assert err.count("error[a]") == 1 and "(worker ranks 0, 2)" in err and "(worker rank 1)" in err
