@@ -36,8 +36,9 @@ def user_errors_exit(fn: F) -> F:
         except TapscError as error:
             from tapsc.diagnostics import render_error
 
-            if not _report_to_launcher(render_error(error)):
-                err_console.print(render_error(error), soft_wrap=True, markup=False, highlight=False)
+            text = render_error(error)
+            if not _report_to_launcher(text):
+                err_console.print(text, soft_wrap=True, markup=False, highlight=False)
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]

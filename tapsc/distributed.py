@@ -417,12 +417,14 @@ def write_worker_error(folder: str, rank: int, text: str) -> None:
 def report_worker_errors(folder: str) -> None:
     """Print each distinct worker diagnostic once, naming the ranks when not all agree."""
     by_text: dict[str, list[int]] = {}
-    for path in sorted(Path(folder).glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1])):
-        by_text.setdefault(path.read_text(encoding="utf-8"), []).append(int(path.stem.split("-")[1]))
+    for rank, path in sorted((int(p.stem.removeprefix("rank-")), p) for p in Path(folder).glob("rank-*.txt")):
+        by_text.setdefault(path.read_text(encoding="utf-8").rstrip(), []).append(rank)
     for text, ranks in by_text.items():
-        where = f"(worker rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})"
-        print(f"{text.rstrip()}\n  = {where}" if len(by_text) > 1 or len(ranks) == 1 else text.rstrip(),
-              file=sys.stderr)
+        if len(by_text) == 1 and len(ranks) > 1:  # every reporting rank says the same: say it once
+            print(text, file=sys.stderr)
+        else:
+            print(f"{text}\n  = (worker rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})",
+                  file=sys.stderr)
 
 
 def launch(argv: Sequence[str], nproc: int, after_kill: str = "run the command again") -> int:
