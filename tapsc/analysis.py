@@ -299,10 +299,6 @@ def across_runs(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- one run
 
 
-def count_relus_in_classifier(spec: ir.Spec, index: int) -> int:
-    return count_relus(spec.model.layers[index:])
-
-
 def taps_split_index(spec: ir.Spec, relus: int) -> int:
     """The layer index where a classifier with ``relus`` ReLUs starts, or a clean error."""
     from tapsc.errors import Diagnostic, TapscError
@@ -363,7 +359,7 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
     methods = [m for m in ESTIMATES if m in methods]
     target = resolve_device(device)
     spec, network = rundir.load_run(run_dir, which, device=target)
-    relus = count_relus_in_classifier(spec, network.split)
+    relus = count_relus(spec.model.layers[network.split:])
     if split is not None:
         network.split, relus = taps_split_index(spec, split), split  # only the TAPS estimate reads it
     data = spec.data if data_root is None else spec.data.model_copy(update={"root": data_root})
