@@ -18,7 +18,6 @@ from tapsc.certify.precision import full_float32
 __all__ = ["METHODS", "LinearBounds", "certified", "full_float32", "margin_lower_bounds"]
 
 
-@full_float32()
 def margin_lower_bounds(network: nn.Module, x_B: torch.Tensor, y_B: torch.Tensor, eps: float,
                         method: str = "crown_ibp") -> torch.Tensor:
     """Sound lower bounds of min_{j != y} (o_y - o_j) over clip(x -+ eps, 0, 1): shape (B,).
@@ -30,7 +29,6 @@ def margin_lower_bounds(network: nn.Module, x_B: torch.Tensor, y_B: torch.Tensor
     return bounds.margin_lower_bounds(lo, hi, y_B, method).min(1).values
 
 
-@full_float32()
 def certified(network: nn.Module, x_B: torch.Tensor, y_B: torch.Tensor, eps: float,
               method: str = "crown_ibp") -> torch.Tensor:
     """Per-sample bool (B,): ``method`` proves every margin o_y - o_j > 0 over the box.

@@ -137,7 +137,6 @@ class Cascade:
                              attack_margin=float(attack_B[i]), time=float(spent[i]))
 
 
-@full_float32()
 def certify_dataset(cascade: Cascade, dataset, indices: Sequence[int], batch: int, device: str | torch.device = "cpu",
                     progress: Callable[[int], None] | None = None, seed: int | None = None,
                     shard: tuple[int, int] = (0, 1)) -> list[SampleVerdict]:

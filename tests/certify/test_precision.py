@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tapsc import certify as certify_module
 from tapsc import evaluate as evaluate_module
 from tapsc.certify import certified, full_float32
 from tapsc.certify.cascade import certify_dataset
@@ -57,24 +56,29 @@ def test_evaluation_metrics_run_without_tf32(tf32_on, monkeypatch):
 
 
 def test_certification_runs_without_tf32(tf32_on, monkeypatch):
+    # through the real code: the cascade's attack calls the network, its bounds call node_boxes
+    from certify_nets import random_network
+
+    from tapsc import ir
+    from tapsc.certify.cascade import Cascade
+    from tapsc.certify.linear import LinearBounds
+
     seen = []
+    real_node_boxes = LinearBounds.node_boxes
 
-    class RecordingCascade:
-        def run(self, x_BX, labels_B, chunk):
-            seen.append(tf32_state())
-            return []
+    def recording_node_boxes(self, *args, **kwargs):
+        seen.append(("bounds", tf32_state()))
+        return real_node_boxes(self, *args, **kwargs)
 
-    certify_dataset(RecordingCascade(), [(torch.rand(2), 0)] * 3, range(3), batch=2)
-    assert seen == [(False, False, "highest")] * 2 and tf32_state() == tf32_on
+    monkeypatch.setattr(LinearBounds, "node_boxes", recording_node_boxes)
+    network = random_network(0).eval()
+    network.register_forward_hook(lambda module, inputs, output: seen.append(("attack", tf32_state())))
+    cascade = Cascade(network, 0.01, ir.InputAttack(steps=2, restarts=1, loss="margin"), methods=("ibp",))
+    dataset = [(torch.rand(network.input_shape), i % 3) for i in range(3)]
+    certify_dataset(cascade, dataset, range(3), batch=2)
+    assert {kind for kind, _ in seen} == {"bounds", "attack"}
+    assert {state for _, state in seen} == {(False, False, "highest")} and tf32_state() == tf32_on
 
-    class RecordingBounds:
-        def __init__(self, layers):
-            pass
-
-        def margin_lower_bounds(self, lo, hi, labels_B, method):
-            seen.append(tf32_state())
-            return torch.ones(len(labels_B), 9)
-
-    monkeypatch.setattr(certify_module, "LinearBounds", RecordingBounds)
-    assert bool(certified(torch.nn.Linear(2, 10), torch.rand(2, 2), torch.tensor([0, 1]), 0.01, "ibp").all())
-    assert seen[-1] == (False, False, "highest") and tf32_state() == tf32_on
+    seen.clear()
+    assert certified(network, torch.rand(2, *network.input_shape), torch.tensor([0, 1]), 0.01, "ibp").shape == (2,)
+    assert seen and {state for _, state in seen} == {(False, False, "highest")} and tf32_state() == tf32_on
