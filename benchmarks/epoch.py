@@ -1,6 +1,6 @@
 """Seconds per CIFAR-10 training epoch, TAPS against IBP, through the real runner.
 
-    .venv/bin/python benchmarks/epoch.py [--device cuda] [--amp on|off|both] [--images N]
+    .venv/bin/python benchmarks/epoch.py [--device cuda] [--precision bf16,tf32,fp32] [--images N]
 
 Each measurement is one ``tapsc run`` of a shipped one-epoch spec (specs/bench/: CNN7,
 batch 128, 8/255, TAPS with 1 ReLU in the classifier and the 20-step multi-estimator
@@ -10,7 +10,9 @@ the per-batch bookkeeping all count, as in a real run. The figure is the epoch's
 evaluation is reported beside it). Without CIFAR-10 under ``--data-root`` it writes
 random images in CIFAR-10's own pickled format first (the cost of a step does not depend
 on pixel values). The target of issue 6: a TAPS epoch in at most 30 s on an H100 with
-``--amp``.
+``--amp``. Precisions: bf16 (``--amp``), tf32 (float32 with TF32 matrix products on CUDA,
+``tapsc run``'s default) and fp32 (``--no-tf32``: matrix products in full float32; cuDNN's
+convolutions keep PyTorch's default TF32).
 """
 
 from __future__ import annotations
@@ -55,14 +57,15 @@ def has_cifar10(root: Path) -> bool:
                [f"data_batch_{i}" for i in range(1, TRAIN_BATCHES + 1)] + ["test_batch", "batches.meta"])
 
 
-def time_epoch(method: str, device: str, amp: bool, data_root: Path, images: int | None, out: Path,
+PRECISION_FLAGS = {"bf16": ["--amp"], "tf32": [], "fp32": ["--no-tf32"]}
+
+
+def time_epoch(method: str, device: str, precision: str, data_root: Path, images: int | None, out: Path,
                epochs: int = 1) -> dict:
     """One ``tapsc run`` of the method's epoch spec; its last epoch's timings plus the wall time."""
-    run_dir = out / f"{method}-{'bf16' if amp else 'fp32'}"
+    run_dir = out / f"{method}-{precision}"
     command = [sys.executable, "-m", "tapsc", "run", str(SPECS[method]), "--device", device,
-               "--data-root", str(data_root), "--out", str(run_dir)]
-    if amp:
-        command.append("--amp")
+               "--data-root", str(data_root), "--out", str(run_dir), *PRECISION_FLAGS[precision]]
     if images is not None:
         command += ["--set", f"data.train_subset={images}"]
     if epochs != 1:
@@ -79,7 +82,7 @@ def time_epoch(method: str, device: str, amp: bool, data_root: Path, images: int
     from tapsc.spec import load_spec
 
     batches = -(-(images or TRAIN_BATCHES * PER_BATCH) // load_spec(SPECS[method]).data.batch)
-    return {"method": method, "amp": amp, "device": device, "images": images or TRAIN_BATCHES * PER_BATCH,
+    return {"method": method, "precision": precision, "device": device, "images": images or TRAIN_BATCHES * PER_BATCH,
             "batches": batches, "epochs": epochs, "train_seconds": row["train_seconds"],
             "first_train_seconds": history[0]["train_seconds"], "parts": row.get("train_part_seconds"),
             "epoch_seconds": row["seconds"],
@@ -89,8 +92,8 @@ def time_epoch(method: str, device: str, amp: bool, data_root: Path, images: int
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
-    parser.add_argument("--amp", choices=("on", "off", "both"), default="on",
-                        help="bf16 autocast for the training passes (default on)")
+    parser.add_argument("--precision", default="bf16",
+                        help="comma-separated, from: bf16 (autocast), tf32, fp32 (default bf16, the target)")
     parser.add_argument("--methods", default="ibp,taps", help="comma-separated, from: " + ", ".join(SPECS))
     parser.add_argument("--images", type=int, default=None, help="train on the first N images (default: all 50k)")
     parser.add_argument("--epochs", type=int, default=1,
@@ -103,7 +106,9 @@ def main(argv=None) -> list[dict]:
     import torch  # after argument parsing: --help stays fast
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    amps = {"on": [True], "off": [False], "both": [True, False]}[args.amp]  # bf16 first: the target
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or set(precisions) - set(PRECISION_FLAGS):
+        parser.error(f"--precision takes a comma-separated list from: {', '.join(PRECISION_FLAGS)}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in SPECS]
     if unknown:
@@ -115,18 +120,18 @@ def main(argv=None) -> list[dict]:
             print(f"random CIFAR-10-format images written to {data_root}", flush=True)
         out = args.out or Path(scratch) / "runs"
         rows = []
-        for amp in amps:
+        for precision in precisions:
             for method in methods:
-                rows.append(time_epoch(method, device, amp, data_root, args.images, out, args.epochs))
+                rows.append(time_epoch(method, device, precision, data_root, args.images, out, args.epochs))
                 print(json.dumps(rows[-1]), flush=True)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     print(f"\ndevice: {gpu or 'cpu'}; torch {torch.__version__}")
     print(f"{'method':<6} {'precision':<9} {'images':>7} {'train s/epoch':>14} {'images/s':>9} {'x IBP':>6}  "
           "seconds in data / step / probe / display")
     for row in rows:
-        ibp = next((r for r in rows if r["method"] == "ibp" and r["amp"] == row["amp"]), None)
+        ibp = next((r for r in rows if r["method"] == "ibp" and r["precision"] == row["precision"]), None)
         ratio = f"{row['train_seconds'] / ibp['train_seconds']:.2f}" if ibp else "-"
-        print(f"{row['method']:<6} {'bf16' if row['amp'] else 'fp32':<9} {row['images']:>7} "
+        print(f"{row['method']:<6} {row['precision']:<9} {row['images']:>7} "
               f"{row['train_seconds']:>14.1f} {row['images'] / row['train_seconds']:>9.0f} {ratio:>6}  "
               + " / ".join(f"{v:.1f}" for v in (row["parts"] or {}).values()))
     if args.json:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check and timing of tapsc in one command, for a short lease of a CUDA machine:
-#   OUT=/tmp/gpu bash benchmarks/gpu_session.sh [seconds]      (default budget 540 s)
-# 1. the environment; 2. CIFAR-10 epochs, TAPS vs IBP, bf16 then fp32 (benchmarks/epoch.py);
-# 3. the CUDA path end to end (quickstart run, certify, export); 4. step ratios, eager fp32/bf16;
-# 5. certification throughput; 6. torch.compile, with whatever time is left.
+#   OUT=/tmp/gpu [ONLY="env epoch runner"] bash benchmarks/gpu_session.sh [seconds]   (default budget 540 s)
+# 1. env: the environment; 2. epoch: CIFAR-10 epochs, TAPS vs IBP, bf16, tf32 (the default) and
+# fp32 (benchmarks/epoch.py); 3. runner: the runner's step against the bare step, profiled
+# (benchmarks/runner_step.py); 4. e2e: the CUDA path end to end (quickstart run, certify, export);
+# 5. steps: step ratios and memory, eager tf32/bf16; 6. certify: certification throughput;
+# 7. compile: torch.compile, with whatever time is left. ONLY picks some of them, in this order.
 # Every step has a deadline inside the budget; JSON, log.txt (the summary) and logs.tgz land in $OUT.
 # Where the machine lacks lark/pydantic, put their wheels in .whl/ (see docs/benchmarks.md).
 set -u
@@ -24,6 +26,7 @@ LOG="$OUT/log.txt"
 
 step() {  # step NAME MAX_SECONDS COMMAND...: run with min(MAX, time left), keep the log's tail in log.txt
   local name=$1 limit=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   local left=$(( END - $(date +%s) ))
   (( left < limit )) && limit=$left
   if (( limit < 10 )); then echo "=== $name skipped (budget spent)" | tee -a "$LOG"; return; fi
@@ -36,12 +39,15 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with min(MAX, time left), keep
 step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
   $PY -c 'import torch, tapsc.spec; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), \
   torch.backends.cudnn.allow_tf32)'"
-TAIL=12 step epoch 270 $PY benchmarks/epoch.py --device $DEVICE --amp both --out /tmp/epoch-runs --json "$OUT/epoch.json" ${EPOCH_ARGS:-}
+TAIL=12 step epoch 300 $PY benchmarks/epoch.py --device $DEVICE --precision bf16,tf32,fp32 --out /tmp/epoch-runs \
+  --json "$OUT/epoch.json" ${EPOCH_ARGS:-}
+TAIL=45 step runner 90 bash -c "$PY benchmarks/runner_step.py --device $DEVICE --amp --profile 5 --json $OUT/runner.json \
+  ${RUNNER_ARGS:-} && $PY benchmarks/runner_step.py --device $DEVICE ${RUNNER_ARGS:-} | tail -5"
 step e2e 100 bash -c "set -e; $PY -m tapsc run specs/quickstart.taps --device $DEVICE --out /tmp/qs >/tmp/qs.log 2>&1 \
   || { tail -30 /tmp/qs.log; exit 1; }; tail -12 /tmp/qs.log; \
   $PY -m tapsc certify /tmp/qs --device $DEVICE --methods ibp,crown_ibp,crown 2>&1 | tail -12; \
   $PY -m tapsc export /tmp/qs --out /tmp/qs-export --samples 20 2>&1 | tail -6"
-step steps 110 $PY benchmarks/train_step.py --device $DEVICE --compile off --amp both --reps 5 --no-certify \
+step steps 110 $PY benchmarks/train_step.py --device $DEVICE --compile off --amp both --tf32 --reps 5 --no-certify \
   --methods 'natural,ibp,ibp_shi,pgd_steps20,sabr_steps20,taps_relu*_steps20,staps_relu1_steps20,taps_relu1_steps8' \
   --json "$OUT/steps.json" ${STEP_ARGS:-}
 step certify 90 $PY benchmarks/certify_throughput.py --device $DEVICE --samples 16 --run-dir /tmp/qs --json "$OUT/certify.json"

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import SHAPES, Shape, load, median, peak_memory_bytes, spec_text, timed
 
+from tapsc.certify.precision import tf32_matmuls
 from tapsc.compile import compile_network
 from tapsc.method import phase_loss
 
@@ -171,7 +172,7 @@ def build_cases(shape: Shape, batch: int, width: int, methods: list[Method], dev
 
 
 def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], device, reps: int, warmup: int,
-                  amp: bool, compiled: bool, memory: bool, log=print) -> list[dict]:
+                  amp: bool, compiled: bool, memory: bool, log=print, tf32: bool = False) -> list[dict]:
     """Time (and measure the memory of) every method for one shape and variant."""
     network, spec, cases = build_cases(shape, batch, width, methods, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=spec.optimizer.lr)
@@ -194,14 +195,14 @@ def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], d
         shift = rep % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
             times[name].append(timed(steps[name], device))
-        log(f"  {shape.name} {variant_name(amp, compiled)}: repetition {rep + 1}/{reps} done")
+        log(f"  {shape.name} {variant_name(amp, compiled, tf32)}: repetition {rep + 1}/{reps} done")
     peaks = {name: peak_memory_bytes(step, device) for name, step in steps.items()} if memory else {}
     base_time = median(times.get(BASELINE, []))
     base_peak = peaks.get(BASELINE)
     rows = []
     for case in cases:
         name = case.method.name
-        row = {"shape": shape.name, "batch": batch, "width": width, "variant": variant_name(amp, compiled),
+        row = {"shape": shape.name, "batch": batch, "width": width, "variant": variant_name(amp, compiled, tf32),
                **{k: v for k, v in asdict(case.method).items() if k != "phase"}, "phase": case.method.phase,
                "eps": case.eps, "split": case.split}
         if case.method.kind in ("taps", "staps"):
@@ -220,8 +221,8 @@ def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], d
     return rows
 
 
-def variant_name(amp: bool, compiled: bool) -> str:
-    return ("bf16" if amp else "fp32") + ("+compile" if compiled else "")
+def variant_name(amp: bool, compiled: bool, tf32: bool = False) -> str:
+    return ("bf16" if amp else "tf32" if tf32 else "fp32") + ("+compile" if compiled else "")
 
 
 def variants(device, amp: str, compile_: str) -> list[tuple[bool, bool]]:
@@ -295,6 +296,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--estimation-batch", type=int, help="cap the latent attack's rows (TAPS, STAPS)")
     parser.add_argument("--amp", choices=("auto", "on", "off", "both"), default="auto")
     parser.add_argument("--compile", choices=("auto", "on", "off", "both"), default="auto")
+    parser.add_argument("--tf32", action="store_true",
+                        help="float32 variants with TF32 matrix products on CUDA (as `tapsc run` trains); "
+                             "default: PyTorch's default, full float32 matrix products")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--no-certify", action="store_true", help="skip certification throughput")
@@ -323,8 +327,10 @@ def _run(args, device) -> dict:
     for name in [s.strip() for s in args.shapes.split(",") if s.strip()]:
         shape = SHAPES[name]
         for amp, compiled in variants(device, args.amp, args.compile):
-            rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device, args.reps,
-                                  args.warmup, amp, compiled, not args.no_memory, log=_log)
+            tf32 = args.tf32 and not amp and device.type == "cuda"
+            with tf32_matmuls(tf32):
+                rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device, args.reps,
+                                      args.warmup, amp, compiled, not args.no_memory, log=_log, tf32=tf32)
     certify = None
     if not args.no_certify:
         from certify_throughput import certify_throughput

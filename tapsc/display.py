@@ -80,7 +80,7 @@ class RichDisplay:
     def on_RunStarted(self, e: RunStarted) -> None:
         where = "resuming at epoch %d" % (e.start_epoch + 1) if e.start_epoch else "starting"
         self.console.print(f"[bold]tapsc run[/] {escape(str(e.run_dir))}: {where}, {e.epochs} epochs on "
-                           f"{escape(e.device)}{' (bf16 autocast)' if e.amp else ''}; {e.train_size} training "
+                           f"{escape(e.device)} ({e.precision}); {e.train_size} training "
                            f"samples, selection on {e.selection_size} {e.selection_split} samples")
 
     def on_EpochStarted(self, e: EpochStarted) -> None:
@@ -137,7 +137,8 @@ class PlainDisplay:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.line(f"run {event.run_dir}: epochs {event.start_epoch + 1}..{event.epochs} on {event.device}, "
+            self.line(f"run {event.run_dir}: epochs {event.start_epoch + 1}..{event.epochs} on {event.device} "
+                      f"({event.precision}), "
                       f"{event.train_size} training samples, selection on {event.selection_size} "
                       f"{event.selection_split} samples")
         elif isinstance(event, BatchEnded) and self._report_batch(event):

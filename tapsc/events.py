@@ -17,7 +17,7 @@ class RunStarted:
     train_size: int
     selection_size: int
     selection_split: str  # "validation" or "test"
-    amp: bool
+    precision: str  # of the training passes: "bf16 autocast", "TF32 matmuls" or "float32"
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,21 @@ class RunOptions:
 
     device: str = "auto"
     amp: bool = False
+    tf32: bool = True  # TF32 matrix products in the training passes on CUDA (never in certification)
     seed: int | None = None
     data_root: str | None = None
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
+
+    def command_flags(self) -> list[str]:
+        """These options as ``tapsc run`` flags, for the processes a launcher or a sweep starts."""
+        flags = ["--device", self.device] + (["--amp"] if self.amp else []) + ([] if self.tf32 else ["--no-tf32"])
+        flags += ["--seed", str(self.seed)] if self.seed is not None else []
+        return flags + (["--data-root", self.data_root] if self.data_root is not None else [])
+
+
+def use_tf32(options: RunOptions, device: torch.device) -> bool:
+    """Whether the training passes run their CUDA matrix products in TF32 (``--tf32``, the default)."""
+    return options.tf32 and device.type == "cuda"
 
 
 class TrainingDiverged(TapscError):
@@ -196,6 +208,12 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # {"epoch", "value"} of best.pt
 
+    def precision(self) -> str:
+        """What the training passes compute in (evaluation is always full float32)."""
+        if self.options.amp:
+            return "bf16 autocast"
+        return "TF32 matmuls" if use_tf32(self.options, self.device) else "float32"
+
     def _check_metrics(self) -> None:
         from tapsc.evaluate import available
 
@@ -262,15 +280,18 @@ class Trainer:
 
     def fit(self) -> None:
         """Train from ``start_epoch`` to the last epoch, checkpointing every epoch."""
+        from tapsc.certify.precision import tf32_matmuls
+
         epochs = self.spec.optimizer.epochs
         self.emit(RunStarted(self.run_dir, str(self.device), epochs, self.start_epoch, len(self.train_set),
-                             len(self.selection_set), self.selection_split, self.options.amp))
+                             len(self.selection_set), self.selection_split, self.precision()))
         if self.selection_split == "test":
             self.emit(Note("model selection uses the test set (data.validation = 0); set "
                            "`data.validation` to hold out a validation split instead", warning=True))
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
-            row = self.train_epoch(epoch)
+            with tf32_matmuls(use_tf32(self.options, self.device)):
+                row = self.train_epoch(epoch)
             distributed.average_buffers(self.network, self.context)
             improved = False
             if self.context.is_main:  # the other ranks go on to the next epoch's first collective

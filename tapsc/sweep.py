@@ -293,10 +293,7 @@ def point_command(sweep: Sweep, point: Point, status: str, options) -> list[str]
     else:
         overrides = [*sweep.fixed, *point.overrides()]
         args = [str(sweep.spec_path), "--out", str(run_dir), *(a for o in overrides for a in ("--set", o))]
-    args += ["--device", options.device] + (["--amp"] if options.amp else [])
-    args += ["--seed", str(options.seed)] if options.seed is not None else []
-    args += ["--data-root", options.data_root] if options.data_root is not None else []
-    return [sys.executable, "-m", "tapsc", "run", *args]
+    return [sys.executable, "-m", "tapsc", "run", *args, *options.command_flags()]
 
 
 def point_environment(slot: int, device: str, on_cpu: bool, parallel: int) -> dict[str, str]:

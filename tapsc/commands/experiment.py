@@ -41,6 +41,8 @@ def sweep_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the sweep in this folder."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes."),
+    tf32: bool = typer.Option(True, "--tf32/--no-tf32",
+                              help="TF32 matrix products in the training passes on CUDA (certification stays float32)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
     parallel: int = typer.Option(1, "--parallel", help="Train up to N points at once, each its own process "
                                  "(and GPU, where there are several); 1: one after another."),
@@ -64,7 +66,7 @@ def sweep_command(
             raise TapscError(Diagnostic(code="nothing-to-sweep", message="`tapsc sweep` needs at least one `--set`",
                                         help="e.g. `--set perturbation.eps=0.05,0.1`"))
         sweep = Sweep.create(spec, set_, out or default_folder(spec))
-    options = RunOptions(device=device, amp=amp, data_root=data_root)
+    options = RunOptions(device=device, amp=amp, tf32=tf32, data_root=data_root)
 
     def on_point(point, what: str, total: int) -> None:
         label = ", ".join(f"{k}={v}" for k, v in point.values.items()) or "the spec as is"

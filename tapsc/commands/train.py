@@ -40,6 +40,8 @@ def run_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Override optimizer.seed."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes (evaluation stays float32)."),
+    tf32: bool = typer.Option(True, "--tf32/--no-tf32",
+                              help="TF32 matrix products in the training passes on CUDA (certification stays float32)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
@@ -51,7 +53,7 @@ def run_command(
     from tapsc.events import ignore
     from tapsc.run import RunOptions, resume_run, start_run
 
-    options = RunOptions(device=device, amp=amp, seed=seed, data_root=data_root)
+    options = RunOptions(device=device, amp=amp, tf32=tf32, seed=seed, data_root=data_root)
     if resume is not None:
         if spec is not None or set_:
             raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a run as it was",
@@ -77,7 +79,7 @@ def run_command(
 
             distributed.check_devices(device, nproc_per_node)
             check_batch(parsed, nproc_per_node)  # once here, rather than once per worker
-            worker_args += _run_flags(device, amp, seed, data_root)
+            worker_args += options.command_flags()
             run_dir = resume if resume is not None else target
             after = f"`tapsc run --resume {run_dir} --nproc-per-node {nproc_per_node}`"
             raise typer.Exit(code=distributed.launch(["run", *worker_args], nproc_per_node, after))
@@ -93,13 +95,6 @@ def run_command(
         if display is not None:
             display.close()
         distributed.shutdown()
-
-
-def _run_flags(device: str, amp: bool, seed: Optional[int], data_root: Optional[str]) -> list[str]:
-    """The run-level flags a worker process repeats."""
-    flags = ["--device", device] + (["--amp"] if amp else [])
-    flags += ["--seed", str(seed)] if seed is not None else []
-    return flags + (["--data-root", data_root] if data_root is not None else [])
 
 
 @app.command("eval")

@@ -68,9 +68,14 @@ def connector_weights(z_hat, z_lo, z_hi, c: float) -> tuple[torch.Tensor, torch.
 
 class _Connect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z_hat, z_lo, z_hi, c):
+    def forward(ctx, z_hat, z_lo, z_hi, c, out_dtype):
         ctx.save_for_backward(z_hat, z_lo, z_hi)
         ctx.c = c
+        if out_dtype is not None and out_dtype != z_hat.dtype:
+            # the cast autocast would make at the classifier's first layer, made here: the
+            # incoming gradient then stays in out_dtype rather than arriving widened to
+            # float32, at the TAPS step's memory peak (the same values either way)
+            return z_hat.to(out_dtype)
         return z_hat.view_as(z_hat)  # an alias: a (B, E, *Z) copy would cost a memory pass
 
     @staticmethod
@@ -80,7 +85,7 @@ class _Connect(torch.autograd.Function):
             d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, ctx.c)
             grad_lo = (grad_out * d_lo).sum_to_size(z_lo.shape) if ctx.needs_input_grad[1] else None
             grad_hi = (grad_out * d_hi).sum_to_size(z_hi.shape) if ctx.needs_input_grad[2] else None
-            return None, grad_lo, grad_hi, None
+            return None, grad_lo, grad_hi, None, None
         width = z_hi - z_lo  # bounds-shaped, (B, 1, *Z): E times smaller than z_hat
         degenerate = width <= 0
         safe = torch.where(degenerate, torch.ones_like(width), width) * ctx.c
@@ -100,7 +105,7 @@ class _Connect(torch.autograd.Function):
             if grad_hi is not None:
                 grad_hi[part] = _weighted_sum(z_hi[part] - z_hat[part], safe[part], degenerate[part],
                                               grad_out[part], z_hi[part].shape)
-        return None, grad_lo, grad_hi, None
+        return None, grad_lo, grad_hi, None, None
 
 
 def _weighted_sum(distance, safe, degenerate, grad_out, shape):
@@ -108,19 +113,25 @@ def _weighted_sum(distance, safe, degenerate, grad_out, shape):
 
     The same arithmetic as ``connector_weights`` (so the same bits), in place on the one
     z_hat-sized temporary ``distance``: the backward pass of a (B, K-1, *Z) latent is
-    memory-bound, and every fresh temporary costs a pass and, on CPU, page faults.
+    memory-bound, and every fresh temporary costs a pass and, on CPU, page faults. A bf16
+    ``grad_out`` is widened exactly inside the float32 product.
     """
     weight = distance.div_(safe).neg_().add_(1).clamp_(min=0).masked_fill_(degenerate, 0.5)
     return weight.mul_(grad_out).sum_to_size(shape)
 
 
-def connect(z_hat: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, c: float) -> torch.Tensor:
-    """z_hat (detached) as a differentiable function of the box bounds with parameter c in [0, 1]."""
+def connect(z_hat: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, c: float,
+            out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """z_hat (detached) as a differentiable function of the box bounds with parameter c in [0, 1].
+
+    ``out_dtype``: return z_hat cast to it (for a classifier that would cast it anyway, see
+    ``latent_attack.attack_input_dtype``); the bounds' gradients are the same bits.
+    """
     if not 0 <= c <= 1:
         raise ValueError(f"connector parameter c must be in [0, 1], got {c}")
-    return _Connect.apply(z_hat.detach(), z_lo, z_hi, float(c))
+    return _Connect.apply(z_hat.detach(), z_lo, z_hi, float(c), out_dtype)
 
 
-def connect_with(node: ir.Connector, z_hat, z_lo, z_hi) -> torch.Tensor:
+def connect_with(node: ir.Connector, z_hat, z_lo, z_hi, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``connect`` with c taken from the connector IR node (by its kind)."""
-    return connect(z_hat, z_lo, z_hi, CONNECTORS[node.kind](node))
+    return connect(z_hat, z_lo, z_hi, CONNECTORS[node.kind](node), out_dtype)

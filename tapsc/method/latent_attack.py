@@ -36,7 +36,7 @@ from tapsc.method.connectors import connect_with
 
 LR_DECAY_AT = 0.7
 LR_DECAY = 0.1
-MIXED_UPDATE_CHUNKS = 8  # memory chunks of samples for a float32 iterate updated with a bf16 step
+MIXED_UPDATE_CHUNKS = 8  # CPU: memory chunks of samples for a float32 iterate updated with a bf16 step
 
 
 def wrong_classes(y_B: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -124,9 +124,10 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
         # z + sign(g) * lr * width, clipped to the box, updated in place (the step's graph is freed).
         direction = grad.sign_() if grad.is_contiguous() else grad.sign()
         z = z.detach()
-        if direction.dtype == z.dtype:
+        if direction.dtype == z.dtype or z.device.type != "cpu":
+            # CUDA kernels widen mixed dtypes element by element; CPU ones copy the operand first
             z.addcmul_(direction, step_width[lr]).clamp_(lo, hi)
-        else:  # a mixed-dtype in-place update allocates a float32 copy of its operand: chunk it
+        else:  # so on the CPU a bf16 step is applied in memory chunks of samples
             per_part = max(1, -(-batch // MIXED_UPDATE_CHUNKS))
             for start in range(0, batch, per_part):
                 part = slice(start, start + per_part)  # samples
@@ -186,5 +187,6 @@ def taps_margins(network, z_lo, z_hi, y, attack: ir.LatentAttack, connector: ir.
     through the connector, with respect to the latent box bounds.
     """
     z_BE = latent_attack(network, z_lo, z_hi, y, attack)
-    z_BE = connect_with(connector, z_BE, z_lo[:, None], z_hi[:, None])
+    z_BE = connect_with(connector, z_BE, z_lo[:, None], z_hi[:, None],
+                        attack_input_dtype(network.layers[network.split:], z_lo))
     return margins_at(network, z_BE, y, attack.estimator == "multi")

@@ -56,9 +56,10 @@ def test_epoch_benchmark_times_a_real_run(tmp_path, monkeypatch):
     data = epoch.write_random_cifar10(tmp_path / "data", test_images=8, per_batch=8)
     assert epoch.has_cifar10(data)
     out = tmp_path / "epoch.json"
-    rows = epoch.main(["--device", "cpu", "--amp", "off", "--methods", "ibp", "--images", "16",
+    rows = epoch.main(["--device", "cpu", "--precision", "fp32", "--methods", "ibp", "--images", "16",
                        "--data-root", str(data), "--out", str(tmp_path / "runs"), "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == rows and [r["method"] for r in rows] == ["ibp"]
+    assert rows[0]["precision"] == "fp32" and "--no-tf32" in rows[0]["command"].split()
     row = rows[0]
     assert row["images"] == 16 and row["batches"] == 1 and _finite_positive(row["train_seconds"])
     assert set(row["parts"]) == {"data", "step", "probe", "display"}
@@ -77,3 +78,23 @@ def test_attack_sparsity_counts_moves_and_flips(monkeypatch):
     for row in rows:
         assert 0 <= row["coords_moved"] <= 1 and 0 <= row["rows_still"] <= 1
         assert 0 <= row["flips_per_row"] <= row["units"] and math.isfinite(row["objective"])
+
+
+def test_runner_step_compares_the_runner_with_the_bare_step(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("runner_step", None)
+    import runner_step
+
+    spec = tmp_path / "tiny.taps"
+    spec.write_text("data digits { batch 8 }\nmodel { input (1, 8, 8); flatten; linear(16); relu; linear(10) }\n"
+                    "split relus_in_classifier = 1\nperturbation linf { eps 0.05 }\n"
+                    "method { phase taps { attack pgd(steps = 2, multi) } }\noptimizer adam { l1 1e-5; epochs 1 }\n")
+    out = tmp_path / "runner.json"
+    with torch.random.fork_rng():
+        result = runner_step.main(["--device", "cpu", "--spec", str(spec), "--steps", "2", "--profile", "1",
+                                   "--json", str(out)])
+    assert json.loads(out.read_text()) == result and result["batch"] == 8 and not result["tf32"]
+    assert set(result["seconds"]) == {"bare", "bare_l1", "runner"}
+    for value in result["seconds"].values():
+        assert _finite_positive(value["synced"]) and _finite_positive(value["queued"])
+    assert "aten::" in result["profile"]

@@ -9,6 +9,7 @@ import torch
 from tapsc import evaluate as evaluate_module
 from tapsc.certify import certified, full_float32
 from tapsc.certify.cascade import certify_dataset
+from tapsc.certify.precision import tf32_matmuls
 from tapsc.spec import load_spec_text
 
 
@@ -82,3 +83,24 @@ def test_certification_runs_without_tf32(tf32_on, monkeypatch):
     seen.clear()
     assert certified(network, torch.rand(2, *network.input_shape), torch.tensor([0, 1]), 0.01, "ibp").shape == (2,)
     assert seen and {state for _, state in seen} == {(False, False, "highest")} and tf32_state() == tf32_on
+
+
+def test_tf32_matmuls_for_training_yield_to_full_float32():
+    before = tf32_state()
+    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default for matrix products
+    strict = tf32_state()
+    try:
+        with tf32_matmuls(enabled=False):
+            assert tf32_state() == strict
+        with tf32_matmuls():
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() != "highest"
+            with full_float32():  # certification inside a training block is still full float32
+                assert tf32_state() == (False, False, "highest")
+            assert torch.backends.cuda.matmul.allow_tf32
+        assert tf32_state() == strict
+        with pytest.raises(RuntimeError), tf32_matmuls():
+            raise RuntimeError("an error inside still restores the settings")
+        assert tf32_state() == strict
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[:2]
+        torch.set_float32_matmul_precision(before[2])

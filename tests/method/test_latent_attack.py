@@ -166,3 +166,30 @@ def test_attack_input_dtype_follows_the_first_arithmetic_layer():
         assert attack_input_dtype(classifier, z) == torch.bfloat16  # flatten (reshapes), then linear
         assert attack_input_dtype(classifier[2:], z) == torch.float32  # batchnorm first: not cast by autocast
         assert attack_input_dtype([], z) == torch.float32
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_bf16_connector_output_gives_the_same_margins_and_gradients(split):
+    # Under autocast the connector hands the classifier the bf16 cast autocast would make, so
+    # the gradient arriving at it is bf16 rather than widened to float32: the same bits.
+    from tapsc.method.connectors import connect
+
+    network = build(split=split, seed=5)
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_hat = latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=4))
+    results = []
+    for out_dtype in (None, torch.bfloat16):
+        lo, hi = z_lo.detach().requires_grad_(True), z_hi.detach().requires_grad_(True)
+        network.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z_BE = connect(z_hat, lo[:, None], hi[:, None], 0.5, out_dtype)
+            assert z_BE.dtype == (out_dtype or torch.float32)
+            margins = margins_at(network, z_BE, y, multi=True)
+        (margins * torch.linspace(0.5, 2.0, margins.shape[1])).sum().backward(retain_graph=True)  # BN statistics
+        results.append((margins.detach(), lo.grad, hi.grad, [p.grad.clone() for p in network.parameters()
+                                                             if p.grad is not None]))
+    (m_ref, lo_ref, hi_ref, p_ref), (m_low, lo_low, hi_low, p_low) = results
+    assert torch.equal(m_ref, m_low) and torch.equal(lo_ref, lo_low) and torch.equal(hi_ref, hi_low)
+    assert lo_ref.abs().sum() > 0 and len(p_ref) == len(p_low) > 0
+    assert all(torch.equal(a, b) for a, b in zip(p_ref, p_low))

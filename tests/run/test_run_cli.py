@@ -132,3 +132,48 @@ def test_running_taps_probes_are_capped_per_epoch(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     # batches 0 and 2 of the IBP and the TAPS epoch, less the IBP epoch's batch 0 (its eps ramp starts at 0)
     assert probed == [32] * 3
+
+
+def test_training_passes_run_tf32_matmuls_and_evaluation_does_not(tmp_path, monkeypatch):
+    from tapsc import run
+
+    assert run.use_tf32(run.RunOptions(), torch.device("cuda"))
+    assert not run.use_tf32(run.RunOptions(tf32=False), torch.device("cuda"))
+    assert not run.use_tf32(run.RunOptions(), torch.device("cpu"))  # the flag would change nothing there
+    seen = {"step": set(), "selection": set()}
+    real_step, real_select = run.Trainer.step, run.Trainer.select_metrics
+
+    def recording_step(self, *args):
+        seen["step"].add(torch.backends.cuda.matmul.allow_tf32)
+        return real_step(self, *args)
+
+    def recording_select(self):
+        seen["selection"].add(torch.backends.cuda.matmul.allow_tf32)
+        return real_select(self)
+
+    monkeypatch.setattr(run.Trainer, "step", recording_step)
+    monkeypatch.setattr(run.Trainer, "select_metrics", recording_select)
+    monkeypatch.setattr(run, "use_tf32", lambda options, device: options.tf32)  # as on a CUDA device
+    before = torch.backends.cuda.matmul.allow_tf32
+    for flag, expected, said in (("--tf32", True, "(TF32 matmuls)"), ("--no-tf32", before, "(float32)")):
+        seen = {"step": set(), "selection": set()}
+        result = invoke("run", write_spec(tmp_path), "--out", tmp_path / flag, "--device", "cpu", flag,
+                        "--set", "eval.metrics=(natural)", "--set", "eval.select=natural")
+        assert result.exit_code == 0, result.output
+        assert seen["step"] == {expected} and seen["selection"] == {before}, (flag, seen)
+        assert said in result.output
+        assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_run_options_survive_the_worker_command_line(tmp_path, monkeypatch):
+    # launched workers and sweep points get the launcher's options as `tapsc run` flags
+    from tapsc import run
+
+    captured = []
+    monkeypatch.setattr(run, "start_run", lambda spec, text, target, options, emit: captured.append(options))
+    spec_path = write_spec(tmp_path)
+    for options in (run.RunOptions(device="cpu"),
+                    run.RunOptions(device="cpu", amp=True, tf32=False, seed=5, data_root=str(tmp_path))):
+        result = invoke("run", spec_path, "--out", tmp_path / "run", *options.command_flags())
+        assert result.exit_code == 0, result.output
+        assert captured[-1] == options
