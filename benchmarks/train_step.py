@@ -56,11 +56,13 @@ class Method:
     phase: str
     relus_in_classifier: int = 0
     attack_steps: int | None = None
+    estimators: str = "multi"  # TAPS: the paper's K - 1 margin attacks, or one attack on the CE loss
     eps_fraction: float = 1.0  # eps = fraction * target; Shi's regularizer is on only during the ramp
 
 
 def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method]:
-    """natural, IBP, IBP + Shi, then per attack setting: PGD, SABR, TAPS at every split, STAPS."""
+    """natural, IBP, IBP + Shi, then per attack setting: PGD, SABR, TAPS at every split, TAPS with
+    one estimator (split 1), STAPS."""
     cap = f", estimation_batch = {estimation_batch}" if estimation_batch else ""
     methods = [Method("natural", "natural", "natural"),
                Method("ibp", "ibp", "ibp"),
@@ -72,6 +74,8 @@ def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method
         for n in range(CNN7_RELUS + 1):
             methods.append(Method(f"taps_relu{n}_steps{s}", "taps",
                                   f"taps {{ attack pgd(steps = {s}, multi{cap}); weight 5 }}", n, s))
+        methods.append(Method(f"taps_single_relu1_steps{s}", "taps",
+                              f"taps {{ attack pgd(steps = {s}, single{cap}); weight 5 }}", 1, s, "single"))
         methods.append(Method(f"staps_relu1_steps{s}", "staps",
                               f"staps {{ attack pgd(steps = {s}, multi{cap}); weight 5; lambda 0.7 }}", 1, s))
     return methods
@@ -116,16 +120,16 @@ def classifier_share(network, input_shape, split: int) -> float:
     return sum(m for i, m in macs if i >= split) / max(total, 1)
 
 
-def mac_model_ratio(share: float, steps: int, classes: int = 10) -> float:
+def mac_model_ratio(share: float, steps: int, estimators: int = 9) -> float:
     """The TAPS step over the IBP step predicted by counting multiply-adds.
 
     An IBP step costs about 9 forward passes per sample (clean forward and the two
     interval convolutions, each with a backward pass of twice its cost). TAPS adds, per
-    sample and for each of the K - 1 estimators, one classifier forward and one latent
-    gradient per attack step plus a final scoring pass: (K - 1) (2 steps + 1) classifier
-    passes of ``share`` of a forward each.
+    sample and for each estimator (K - 1 of them, or 1 for the single-estimator attack), one
+    classifier forward and one latent gradient per attack step plus a final scoring pass:
+    estimators (2 steps + 1) classifier passes of ``share`` of a forward each.
     """
-    return 1 + share * (classes - 1) * (2 * steps + 1) / 9
+    return 1 + share * estimators * (2 * steps + 1) / 9
 
 
 def make_step(network, optimizer, case: Case, x, y, amp: bool, compiled: bool, clip: float):
@@ -209,7 +213,8 @@ def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], d
             share = classifier_share(network, shape.input_shape, case.split)
             row["classifier_share"] = round(share, 4)
             if case.method.kind == "taps":
-                row["mac_model_ratio"] = round(mac_model_ratio(share, case.method.attack_steps), 3)
+                estimators = 9 if case.method.estimators == "multi" else 1  # CNN7 here has 10 classes
+                row["mac_model_ratio"] = round(mac_model_ratio(share, case.method.attack_steps, estimators), 3)
         if name in errors:
             row["error"] = errors[name]
         else:

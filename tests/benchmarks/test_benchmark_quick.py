@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -40,6 +41,11 @@ def test_quick_benchmark_writes_positive_finite_ratios(tmp_path, monkeypatch):
     for row in rows:
         if row["name"] == "ibp":
             assert row["ratio_to_ibp"] == 1.0
+    for shape in ("cifar10", "mnist"):  # the single-estimator attack is modelled 9x cheaper
+        by_name = {row["name"]: row for row in rows if row["shape"] == shape}
+        multi, single = by_name["taps_relu1_steps2"], by_name["taps_single_relu1_steps2"]
+        assert multi["estimators"] == "multi" and single["estimators"] == "single"
+        assert (single["mac_model_ratio"] - 1) * 9 == pytest.approx(multi["mac_model_ratio"] - 1, abs=0.01)
     certify = result["certify"]
     assert {r["method"] for r in certify["throughput"]} >= {"ibp", "crown_ibp"}
     assert all(_finite_positive(r["samples_per_s"]) for r in certify["throughput"])
