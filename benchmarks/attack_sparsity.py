@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tapsc.method.latent_attack import LR_DECAY, LR_DECAY_AT, _objective, wrong_classes
+from tapsc.method.latent_attack import LR_DECAY, LR_DECAY_AT, _margin_signs, _objective, wrong_classes
 
 
 def network_and_batch(run_dir: Path | None, batch: int, width: int = 64):
@@ -64,12 +64,13 @@ def main(argv=None) -> list[dict]:
         lo, hi = z_lo[:, None], z_hi[:, None]
         y_N = y[:, None].expand(-1, estimators).reshape(count)
         wrong_N = wrong_classes(y, network.num_classes).reshape(count)
+        sign_NK = _margin_signs(y_N, wrong_N, network.num_classes, z_lo.dtype)
         z = torch.rand((args.batch, estimators, *latent)).mul_(hi - lo).add_(lo)
         lr0, decay_step = max(0.2, 2 / args.steps), math.ceil(LR_DECAY_AT * args.steps)
         before = None
         for step in range(args.steps + 1):
             z.requires_grad_(True)
-            value = _objective(network.classifier(z.reshape(count, *latent)), y_N, wrong_N)
+            value = _objective(network.classifier(z.reshape(count, *latent)), y_N, sign_NK)
             state = (seen["pre"] > 0, z.detach().reshape(count, -1).clone())
             if before is not None:
                 flips = (state[0] != before[0]).sum(1).float()

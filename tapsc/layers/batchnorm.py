@@ -8,7 +8,9 @@ affine map that the clean forward of the same batch applied. So:
   tensors, so gradients flow through them, as in the authors' code).
 - ``stats_mode == "reuse"`` / ``"reuse_detached"`` and training: forward applies the
   recorded statistics (live or detached) and updates nothing. ``Network.frozen_batchnorm``
-  switches every BatchNorm layer; the latent attack uses the detached form.
+  switches every BatchNorm layer; the attacks use the detached form, which differentiates
+  with respect to the input only: there the whole affine map is a constant, computed once
+  per block rather than once per attack step (the same values).
 - ``interval`` in training always uses the recorded statistics (detached under
   ``"reuse_detached"``). ORDER: run the clean forward of the batch first; an interval
   pass in training before any forward raises ``RuntimeError``.
@@ -48,6 +50,7 @@ class BatchNorm(BoundLayer):
         self.reduce_dims = (0,) if ndim == 1 else (0, 2, 3)
         self.view = (1, -1) + (1,) * (ndim - 1)
         self.stats_mode = "record"
+        self.constant_affine: tuple[torch.Tensor, torch.Tensor] | None = None  # "reuse_detached" only
         self.batch_mean: torch.Tensor | None = None
         self.batch_var: torch.Tensor | None = None
 
@@ -92,6 +95,14 @@ class BatchNorm(BoundLayer):
         return self.batch_mean, self.batch_var
 
     def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stats_mode != "reuse_detached":
+            return self._affine_now()
+        if self.constant_affine is None:
+            with torch.no_grad():
+                self.constant_affine = self._affine_now()
+        return self.constant_affine
+
+    def _affine_now(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean, var = self._statistics()
         scale = self.weight * torch.rsqrt(var + self.eps)
         shift = self.bias - mean * scale
@@ -101,3 +112,8 @@ class BatchNorm(BoundLayer):
         if mode not in STATS_MODES:
             raise ValueError(f"unknown BatchNorm stats mode {mode!r}; expected one of {STATS_MODES}")
         self.stats_mode = mode
+        self.constant_affine = None
+
+    def train(self, mode: bool = True):
+        self.constant_affine = None  # eval and training use different statistics
+        return super().train(mode)

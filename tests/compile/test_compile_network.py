@@ -122,6 +122,35 @@ def test_detached_statistics_carry_no_gradient():
     assert not torch.allclose(grad_detached, x.grad)  # live statistics add their own gradient
 
 
+def test_detached_batchnorm_affine_is_computed_once_per_block_with_the_same_values(monkeypatch):
+    from tapsc.layers.batchnorm import BatchNorm
+
+    network = compile_network(make_spec(_cnn(), split=1))
+    x = torch.rand(8, 1, 6, 6)
+    with torch.no_grad():
+        network.train()
+        network(x)  # records the batch statistics (and updates the running ones)
+        with network.frozen_batchnorm(detach=False):
+            live = network(x[:4])  # recomputes scale and shift on every call
+        with_running_statistics = network.eval()(x[:4])
+        network.train()
+    calls = []
+    real = BatchNorm._affine_now
+    monkeypatch.setattr(BatchNorm, "_affine_now", lambda self: calls.append(self) or real(self))
+    layers = len(network.batchnorm_layers())
+    for _ in range(2):  # every block computes it afresh: the weights change between steps
+        with network.frozen_batchnorm(detach=True):
+            first, second = network(x[:4]), network(x[:4])
+        assert len(calls) == layers and torch.equal(first, live) and torch.equal(second, live)
+        assert all(bn.constant_affine is None for bn in network.batchnorm_layers())
+        calls.clear()
+    with network.frozen_batchnorm(detach=True):
+        network(x[:4])
+        network.eval()  # running statistics from here: the batch's constant must not survive
+        assert torch.equal(network(x[:4]), with_running_statistics)
+    assert len(calls) == 2 * layers
+
+
 def test_interval_before_forward_in_training_raises():
     network = compile_network(make_spec(_cnn(), split=1)).train()
     x = torch.rand(2, 1, 6, 6)
