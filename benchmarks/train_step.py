@@ -62,7 +62,7 @@ class Method:
 
 def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method]:
     """natural, IBP, IBP + Shi, then per attack setting: PGD, SABR, TAPS at every split, TAPS with
-    one estimator (split 1), STAPS."""
+    one estimator (split 1), STAPS with K - 1 estimators and with one."""
     cap = f", estimation_batch = {estimation_batch}" if estimation_batch else ""
     methods = [Method("natural", "natural", "natural"),
                Method("ibp", "ibp", "ibp"),
@@ -78,6 +78,9 @@ def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method
                               f"taps {{ attack pgd(steps = {s}, single{cap}); weight 5 }}", 1, s, "single"))
         methods.append(Method(f"staps_relu1_steps{s}", "staps",
                               f"staps {{ attack pgd(steps = {s}, multi{cap}); weight 5; lambda 0.7 }}", 1, s))
+        methods.append(Method(f"staps_single_relu1_steps{s}", "staps",
+                              f"staps {{ attack pgd(steps = {s}, single{cap}); weight 5; lambda 0.7 }}", 1, s,
+                              "single"))
     return methods
 
 
