@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tapsc.cli import app, user_errors_exit
+from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
 
 console = Console(highlight=False)
@@ -39,11 +40,10 @@ def sweep_command(
     set_: list[str] = typer.Option([], "--set", help="path=v1,v2,... : one grid axis (one value: fixed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default runs/sweep-<spec>-<time>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the sweep in this folder."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes."),
-    tf32: bool = typer.Option(True, "--tf32/--no-tf32",
-                              help="TF32 matrix products in the training passes on CUDA (certification stays float32)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    device: str = common.DEVICE,
+    amp: bool = common.AMP,
+    tf32: bool = common.TF32,
+    data_root: Optional[str] = common.DATA_ROOT,
     parallel: int = typer.Option(1, "--parallel", help="Train up to N points at once, each its own process "
                                  "(and GPU, where there are several); 1: one after another."),
 ) -> None:
@@ -175,8 +175,8 @@ def analyze_command(
     which: str = typer.Option("best", "--checkpoint", help="best or last."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the outputs (default RUN_DIR/analysis)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (default eval.batch)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    device: str = common.DEVICE,
+    data_root: Optional[str] = common.DATA_ROOT,
     split: Optional[int] = typer.Option(None, "--split", min=0,
                                         help="ReLUs in the classifier for the TAPS estimate (default: the spec's)."),
 ) -> None:

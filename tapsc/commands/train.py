@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from tapsc.cli import app, user_errors_exit
+from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
 
 console = Console(highlight=False)
@@ -38,12 +39,11 @@ def run_command(
     set_: list[str] = typer.Option([], "--set", help="Override a spec setting: path=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<spec>-<time>)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override optimizer.seed."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    amp: bool = typer.Option(False, "--amp", help="bf16 autocast for the training passes (evaluation stays float32)."),
-    tf32: bool = typer.Option(True, "--tf32/--no-tf32",
-                              help="TF32 matrix products in the training passes on CUDA (certification stays float32)."),
+    device: str = common.DEVICE,
+    amp: bool = common.AMP,
+    tf32: bool = common.TF32,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    data_root: Optional[str] = common.DATA_ROOT,
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
                                                  help="Train data-parallel with N local processes (GPUs)."),
 ) -> None:
@@ -102,9 +102,9 @@ def run_command(
 def eval_command(
     run_dir: Path = typer.Argument(..., help="A run directory made by `tapsc run`."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Evaluate the first N test samples."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    device: str = common.DEVICE,
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
     """Evaluate a run's checkpoint on the test set; writes eval-<checkpoint>.json in the run."""
     from tapsc.display import make_display, results_table

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from tapsc.cli import app, user_errors_exit
+from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
 
 console = Console(highlight=False)
@@ -117,12 +118,12 @@ def certify_command(
     seed: int = typer.Option(0, "--seed", help="Seeds the random subset and the attack."),
     methods: str = typer.Option("ibp,crown_ibp,crown", "--methods", help="Bound methods, cheapest first."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (default eval.batch)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = common.DEVICE,
     eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default perturbation.eps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for certify.json/.csv (default: the run)."),
     merge: Optional[Path] = typer.Option(None, "--merge", help="Verifier results (CSV, or a folder of result files)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="The exported folder (default OUT/vnncomp)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    data_root: Optional[str] = common.DATA_ROOT,
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
                                                  help="Shard the samples over N local processes (GPUs)."),
 ) -> None:
@@ -248,7 +249,7 @@ def export_command(
     timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds per instance (default export.timeout)."),
     only_unknown: bool = typer.Option(False, "--only-unknown", help="Only samples `tapsc certify` left unknown."),
     results: Optional[Path] = typer.Option(None, "--certify-results", help="certify.json (default: beside the run)."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding the dataset."),
+    data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
     """Export ONNX + VNN-LIB in the VNN-COMP layout (both when neither flag is given)."""
     import torch
