@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
         trainer = Trainer(apply_options(spec, options), Path(scratch) / "run", options)
     generator = torch.Generator().manual_seed(0)
     x = torch.rand((spec.data.batch, *spec.model.input_shape), generator=generator).to(device)
-    y = torch.randint(0, 10, (spec.data.batch,), generator=generator).to(device)
+    y = torch.randint(0, trainer.network.num_classes, (spec.data.batch,), generator=generator).to(device)
     eps = float(spec.perturbation.eps)
     steps = make_steps(trainer, x, y, eps)
     trainer.network.train()
