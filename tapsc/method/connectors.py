@@ -17,7 +17,7 @@ Shape legend: B batch, E estimators, Z... latent dimensions.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
