@@ -97,7 +97,8 @@ class Network(nn.Module):
     @contextmanager
     def frozen_batchnorm(self, detach: bool = True) -> Iterator[None]:
         """Within the block, BatchNorm in training reuses the recorded clean-batch statistics
-        (detached if ``detach``) and updates no running statistics."""
+        and updates no running statistics. ``detach``: for attacks, which differentiate with
+        respect to the input only; each BatchNorm's whole affine map is then a constant."""
         layers = self.batchnorm_layers()
         saved = [layer.stats_mode for layer in layers]
         for layer in layers:
