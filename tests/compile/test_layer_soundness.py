@@ -45,7 +45,8 @@ def _randomise(layer: torch.nn.Module, generator: torch.Generator) -> None:
                 tensor.add_(noise)
 
 
-def _check_kind(kind: str, seed: int, batch: int, radius: float, train: bool) -> None:
+def _check_kind(kind: str, seed: int, batch: int, radius: float, train: bool,
+                interval_mode: str = "record") -> None:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     node, in_shape = CASES[kind]
@@ -57,23 +58,26 @@ def _check_kind(kind: str, seed: int, batch: int, radius: float, train: bool) ->
         layer(x)  # the clean forward records the batch statistics
     r = radius * torch.rand(x.shape, generator=generator)
     lo, hi = x - r, x + r
-    out_lo, out_hi = layer.interval(lo, hi)
+    with _stats_mode(layer, interval_mode):  # "reuse_detached": BatchNorm's constant affine map
+        out_lo, out_hi = layer.interval(lo, hi)
     assert tuple(out_lo.shape[1:]) == tuple(out_shape)
     points = sample_box(lo, hi, 64, generator)
-    with _reuse_stats(layer):
+    with _stats_mode(layer, "reuse"):
         y = layer(points)
     assert_contains(out_lo, out_hi, y, kind)
 
 
-class _reuse_stats:
-    """Sampled points must use the clean batch's statistics, as the interval does."""
+class _stats_mode:
+    """BatchNorm layers in ``mode`` inside the block; sampled points use "reuse" (the clean
+    batch's statistics, as the interval does)."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, mode: str):
         self.layers = [m for m in layer.modules() if hasattr(m, "set_stats_mode")]
+        self.mode = mode
 
     def __enter__(self):
         for m in self.layers:
-            m.set_stats_mode("reuse")
+            m.set_stats_mode(self.mode)
 
     def __exit__(self, *exc):
         for m in self.layers:
@@ -85,6 +89,14 @@ class _reuse_stats:
 def test_layer_interval_is_sound(kind, train):
     for seed in range(3):
         _check_kind(kind, seed, batch=4, radius=0.5, train=train)
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("train", [False, True])
+def test_layer_interval_is_sound_under_frozen_detached_batchnorm(kind, train):
+    # the attacks' mode, where BatchNorm caches its affine map for the whole block
+    for seed in range(3):
+        _check_kind(kind, seed, batch=4, radius=0.5, train=train, interval_mode="reuse_detached")
 
 
 @settings(max_examples=40, deadline=None)
