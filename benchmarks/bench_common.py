@@ -49,6 +49,17 @@ def load(text: str):
     return load_spec_text(text, filename="<benchmark>")
 
 
+def optimizer_step(network, optimizer, loss_fn, device_type: str, amp: bool, clip: float) -> None:
+    """One full training step as the runner takes it: zero grads, the loss (bf16 autocast when
+    ``amp``), backward, gradient clipping, the optimizer's update."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        loss = loss_fn()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+    optimizer.step()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

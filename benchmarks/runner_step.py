@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import synchronize, timed
+from bench_common import optimizer_step, synchronize, timed
 from epoch import SPECS, write_random_cifar10
 
 from tapsc.certify.precision import tf32_matmuls
@@ -52,14 +52,9 @@ def make_steps(trainer: Trainer, x, y, eps: float) -> dict:
     amp = trainer.options.amp
 
     def bare(l1: float):
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, _ = phase_loss(network, phase, x, y, eps, eps, l1=l1)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), spec.optimizer.clip or 10.0)
-            optimizer.step()
-        return step
+        def loss_fn():
+            return phase_loss(network, phase, x, y, eps, eps, l1=l1)[0]
+        return lambda: optimizer_step(network, optimizer, loss_fn, x.device.type, amp, spec.optimizer.clip or 10.0)
 
     return {"bare": bare(0.0), "bare_l1": bare(spec.optimizer.l1),
             "runner": lambda: trainer.step(phase, x, y, eps, eps, 0, 0)}

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import SHAPES, Shape, load, median, peak_memory_bytes, spec_text, timed
+from bench_common import SHAPES, Shape, load, median, optimizer_step, peak_memory_bytes, spec_text, timed
 
 from tapsc.certify.precision import tf32_matmuls
 from tapsc.compile import compile_network
@@ -151,12 +151,7 @@ def make_step(network, optimizer, case: Case, x, y, amp: bool, compiled: bool, c
 
     def step():
         network.split = case.split
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-        optimizer.step()
+        optimizer_step(network, optimizer, loss_fn, x.device.type, amp, clip)
 
     return step
 

@@ -124,7 +124,6 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
             if multi and sign_NK is None:  # in the logits' dtype (bf16 under autocast), once per chunk
                 sign_NK = _margin_signs(y_N, wrong_N, logits_NK.shape[1], logits_NK.dtype)
             value_N = _objective(logits_NK, y_N, sign_NK)
-            del logits_NK
         value_N, graph_N = value_N.detach(), value_N
         improved_N = value_N > best_value
         best_value = torch.where(improved_N, value_N, best_value)
