@@ -9,24 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+from cli_helpers import digits_taps_spec
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # TAPS on the 8x8 digits, small enough for 2 processes on 2 cores; sync BatchNorm on.
-DIST_SPEC = """\
-data digits { batch 32; train_subset 320; test_subset 64; validation 64 }
-model { input (1, 8, 8); flatten; linear(32); batchnorm; relu; linear(32); relu; linear(10) }
-split relus_in_classifier = 1
-perturbation linf { eps 0.05; schedule linear from epoch 1 to 2 }
-method {
-  init shi
-  phase natural until epoch 1
-  phase ibp with shi_regularizer 0.5 until epoch 2
-  phase taps { attack pgd(steps = 3, multi) }
-}
-optimizer adam { lr 2e-3; decay 0.5 at (6); epochs 8; seed 3 }
-eval { metrics (natural, ibp, crown_ibp); select ibp; attack pgd(steps = 5, restarts = 1, margin) }
-distributed { sync_batchnorm true }
-"""
+DIST_SPEC = digits_taps_spec(
+    "batch 32; train_subset 320; test_subset 64; validation 64",
+    "lr 2e-3; decay 0.5 at (6); epochs 8; seed 3",
+    "eval { metrics (natural, ibp, crown_ibp); select ibp; attack pgd(steps = 5, restarts = 1, margin) }",
+    "distributed { sync_batchnorm true }")
 
 
 def environment(threads: int = 1) -> dict[str, str]:

@@ -6,23 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli_helpers import invoke, write_file  # noqa: F401  (invoke is re-exported to the tests)
+from cli_helpers import digits_taps_spec, invoke, write_file  # noqa: F401  (invoke is re-exported to the tests)
 
-FAST_SPEC = """\
-# A three-epoch TAPS run for the experiment tests.
-data digits { batch 32; train_subset 160; test_subset 48; validation 32 }
-model { input (1, 8, 8); flatten; linear(32); batchnorm; relu; linear(32); relu; linear(10) }
-split relus_in_classifier = 1
-perturbation linf { eps 0.05; schedule linear from epoch 1 to 2 }
-method {
-  init shi
-  phase natural until epoch 1
-  phase ibp with shi_regularizer 0.5 until epoch 2
-  phase taps { attack pgd(steps = 3, multi) }
-}
-optimizer adam { lr 1e-2; epochs 3; seed 3 }
-eval { metrics (natural, pgd, ibp, taps); attack pgd(steps = 5, restarts = 1, margin) }
-"""
+FAST_SPEC = digits_taps_spec(
+    "batch 32; train_subset 160; test_subset 48; validation 32",
+    "lr 1e-2; epochs 3; seed 3",
+    "eval { metrics (natural, pgd, ibp, taps); attack pgd(steps = 5, restarts = 1, margin) }",
+    comment="A three-epoch TAPS run for the experiment tests.")
 
 # Two points; the second --set holds commas inside parentheses and must stay one value.
 SWEEP_SETS = ("--set", "method.taps.weight=1,5", "--set", "eval.metrics=(natural, pgd, ibp, taps, crown_ibp)")
