@@ -14,6 +14,7 @@ from torch import nn
 
 from tapsc.certify.linear import METHODS, LinearBounds
 from tapsc.certify.precision import full_float32
+from tapsc.certify.rounding import perturbation_box
 
 __all__ = ["METHODS", "LinearBounds", "certified", "full_float32", "margin_lower_bounds"]
 
@@ -22,10 +23,12 @@ def margin_lower_bounds(network: nn.Module, x_B: torch.Tensor, y_B: torch.Tensor
                         method: str = "crown_ibp") -> torch.Tensor:
     """Sound lower bounds of min_{j != y} (o_y - o_j) over clip(x -+ eps, 0, 1): shape (B,).
 
-    The network must be in eval mode (BatchNorm on running statistics).
+    The network must be in eval mode (BatchNorm on running statistics). The bounds hold in
+    exact arithmetic over the stored weights (float64, rounding errors added: see
+    `tapsc.certify.rounding`); returned in float64.
     """
-    lo, hi = (x_B - eps).clamp(0, 1), (x_B + eps).clamp(0, 1)
     bounds = LinearBounds(network.layers if hasattr(network, "layers") else network)
+    lo, hi = perturbation_box(x_B, eps, bounds.dtype)
     return bounds.margin_lower_bounds(lo, hi, y_B, method).min(1).values
 
 

@@ -6,9 +6,9 @@ rest go through the bound methods in order (IBP, CROWN-IBP, CROWN by default) an
 ``certified`` by the first that proves every margin o_y - o_j > 0; what is left is
 ``unknown``.
 
-Invariant: no sample is both certified and falsified. The cheap IBP bound is also run on
-every sample with a counterexample; if it ever certifies one, that is a soundness bug and
-`SoundnessError` is raised (``check_all=True`` runs every method on them, for tests).
+Invariant: no sample is both certified and falsified. Every bound method of the cascade is
+also run on every sample with a counterexample (or a wrong prediction); if one ever
+certifies such a sample, that is a soundness bug and `SoundnessError` is raised.
 
 Shape legend: B batch, X the per-sample input shape.
 """
@@ -26,6 +26,7 @@ from tapsc import ir
 from tapsc.certify.attack import pgd_counterexamples
 from tapsc.certify.linear import METHODS, LinearBounds
 from tapsc.certify.precision import full_float32
+from tapsc.certify.rounding import perturbation_box
 
 VERDICTS = ("misclassified", "falsified", "certified", "unknown")
 
@@ -60,14 +61,12 @@ class Cascade:
         eps: l_inf radius in pixel units.
         attack: the PGD settings (the spec's ``eval.attack``).
         methods: bound methods, tried in this order.
-        check_all: run every bound method on falsified samples too (invariant check).
     """
 
     network: nn.Module
     eps: float
     attack: ir.InputAttack
     methods: Sequence[str] = METHODS
-    check_all: bool = False
     chunk_elements: int = 1 << 25
 
     def __post_init__(self):
@@ -88,7 +87,7 @@ class Cascade:
         found_B, _, attack_B = pgd_counterexamples(self.network, x_BX, labels_B, self.eps, self.attack)
         found_B = found_B.cpu() | ~correct_B
         spent += (time.perf_counter() - started) / B
-        best = torch.full((B,), float("-inf"))
+        best = torch.full((B,), float("-inf"), dtype=torch.float64)
         method_of: list[str | None] = [None] * B
         open_B = ~found_B
         for method in self.methods:
@@ -107,7 +106,7 @@ class Cascade:
 
     def _margin_bounds(self, x_RX, labels_R, method):
         started = time.perf_counter()
-        lo, hi = (x_RX - self.eps).clamp(0, 1), (x_RX + self.eps).clamp(0, 1)
+        lo, hi = perturbation_box(x_RX, self.eps, self.bounds.dtype)
         lower_RS = self.bounds.margin_lower_bounds(lo, hi, labels_R, method)
         return lower_RS.min(1).values.cpu(), time.perf_counter() - started
 
@@ -115,7 +114,7 @@ class Cascade:
         rows = found_B.nonzero().squeeze(1)
         if rows.numel() == 0:
             return
-        for method in (self.methods if self.check_all else self.methods[:1]):
+        for method in self.methods:
             lower_R, _ = self._margin_bounds(x_BX[rows], labels_B[rows], method)
             if (lower_R > 0).any():
                 bad = [indices[r] for r in rows[lower_R > 0].tolist()]

@@ -13,12 +13,15 @@ stable neuron's relaxation depends only on its sign, which IBP already settled.
 The CROWN box is intersected with the IBP one (both sound). Maxpool inputs keep
 their IBP box.
 
-Float32 soundness: the concretisation is exact in real arithmetic, but float32
-sums round. Every bound this module returns is pushed outward by
-``REL_MARGIN * magnitude + ABS_MARGIN``, where magnitude is the sum of absolute
-values of the terms that were added (|A| |x| at the input, |A| |bias| on the way).
-Intermediate boxes get the same widening before a relaxation reads them, so the
-ReLU lines themselves sit a little above the true box's ReLU.
+Floating-point soundness (`tapsc.certify.rounding`): a certified verdict holds in exact
+arithmetic over the stored float32 weights. Bounds are computed in float64 on a float64
+copy of the layers (float32 values convert exactly); every rule returns, beside its
+result, a bound on the rounding error it made, derived from the magnitudes of what it
+summed; boxes are widened by it and the final margin bound lowered by the sum, each
+rounded outward.
+
+A sample's bounds never depend on the other samples of its batch: CROWN tightens, per
+sample, exactly the neurons that sample's IBP box leaves unstable.
 
 Shape legend: B batch, S bound rows per sample, K classes, N a node's flattened size,
 X a node's per-sample shape (``*X``).
@@ -26,25 +29,19 @@ X a node's per-sample shape (``*X``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from tapsc.certify import rules
+from tapsc.certify import rounding, rules
 from tapsc.certify.graph import Graph, build_graph
 from tapsc.certify.precision import full_float32
+from tapsc.certify.rounding import CERTIFY_DTYPE
 
-REL_MARGIN = 1e-5
-ABS_MARGIN = 1e-6
 METHODS = ("ibp", "crown_ibp", "crown")
 Box = tuple[torch.Tensor, torch.Tensor]
-
-
-def widen(lo: torch.Tensor, hi: torch.Tensor) -> Box:
-    """Push a float32 box outward by the safety margin."""
-    pad = REL_MARGIN * torch.maximum(lo.abs(), hi.abs()) + ABS_MARGIN
-    return lo - pad, hi + pad
 
 
 def spec_matrix(labels_B: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -59,14 +56,20 @@ class LinearBounds:
     """IBP, CROWN-IBP and CROWN over one ordered module list (eval mode).
 
     Args:
-        layers: the network's module list (residual blocks are expanded).
+        layers: the network's module list (residual blocks are expanded), in eval mode.
+            A copy in ``dtype`` is taken: later changes to the weights are not seen.
         chunk_elements: cap on the elements of one coefficient tensor while CROWN
             bounds intermediate neurons (memory for conv layers).
+        dtype: what the bounds are computed in (float64; float32 is sound too, with
+            error bounds 2^29 times larger).
     """
 
-    def __init__(self, layers: Sequence[nn.Module], chunk_elements: int = 1 << 25):
+    def __init__(self, layers: Sequence[nn.Module], chunk_elements: int = 1 << 25,
+                 dtype: torch.dtype = CERTIFY_DTYPE):
         rules.register_tapsc_layers()
-        self.graph: Graph = build_graph(layers)
+        self.dtype = dtype
+        self.layers = [copy.deepcopy(layer).to(dtype).eval() for layer in layers]
+        self.graph: Graph = build_graph(self.layers)
         self.chunk_elements = chunk_elements
         readers = self.graph.consumers()
         self._relu_inputs = {n.index for n in self.graph.nodes
@@ -79,36 +82,49 @@ class LinearBounds:
     # ------------------------------------------------------------ intermediate boxes
 
     def node_boxes(self, lo: torch.Tensor, hi: torch.Tensor, method: str) -> list[Box]:
-        """A sound box on every node, IBP-propagated; CROWN-tightened pre-ReLU if asked."""
-        boxes: list[Box] = [(lo, hi)]
+        """A sound box on every node (in exact arithmetic, rounding errors added), IBP-propagated;
+        CROWN-tightened pre-ReLU if asked. ``lo``, ``hi`` are converted to ``self.dtype``."""
+        boxes: list[Box] = [(lo.to(self.dtype), hi.to(self.dtype))]
         for node in self.graph.nodes[1:]:
             if node.op == "add":
                 (alo, ahi), (blo, bhi) = (boxes[i] for i in node.inputs)
                 box = (alo + blo, ahi + bhi)
+                error = rounding.sum_error(rounding.magnitude_of(alo, ahi) + rounding.magnitude_of(blo, bhi), 2)
             else:
-                box = rules.interval(node.layer, *boxes[node.inputs[0]])
-            box = widen(*box)
+                source = boxes[node.inputs[0]]
+                box = rules.interval(node.layer, *source)
+                size = rules.magnitude(node.layer, rounding.magnitude_of(*source))
+                error = rounding.sum_error(size, source[0][0].numel() + box[0][0].numel())
+            box = rounding.widen(*box, error)
             if method == "crown" and node.index in self._relu_inputs:
                 box = self._crown_box(node.index, box, boxes)
             boxes.append(box)
         return boxes
 
     def _crown_box(self, index: int, ibp: Box, boxes: list[Box]) -> Box:
+        """CROWN bounds for the neurons unstable under IBP, intersected with the IBP box. Only
+        the neurons unstable in a sample's own box change for that sample, so the result does
+        not depend on the batch (a neuron unstable in another sample is bounded for all rows,
+        but kept only where it is unstable)."""
         lo_BX, hi_BX = ibp
         B, shape = lo_BX.shape[0], lo_BX.shape[1:]
-        unstable_N = ((lo_BX < 0) & (hi_BX > 0)).flatten(1).any(0).nonzero().squeeze(1)
+        unstable_BN = ((lo_BX < 0) & (hi_BX > 0)).flatten(1)
+        unstable_N = unstable_BN.any(0).nonzero().squeeze(1)
         if unstable_N.numel() == 0:
             return ibp
         lo_BN, hi_BN = lo_BX.flatten(1).clone(), hi_BX.flatten(1).clone()
         widest = max([lo_BN.shape[1]] + [box[0][0].numel() for box in boxes])
         chunk = max(1, self.chunk_elements // (2 * B * widest))
         for part in unstable_N.split(chunk):
-            rows_SN = torch.zeros(len(part), lo_BN.shape[1], device=lo_BX.device)
+            rows_SN = torch.zeros(len(part), lo_BN.shape[1], device=lo_BX.device, dtype=lo_BX.dtype)
             rows_SN.scatter_(1, part.unsqueeze(1), 1.0)
             A_BSX = torch.cat([rows_SN, -rows_SN]).reshape(1, 2 * len(part), *shape).expand(B, -1, *shape)
             bound_BS = self.lower_bound(index, A_BSX.contiguous(), boxes)
-            lo_BN[:, part] = torch.maximum(lo_BN[:, part], bound_BS[:, :len(part)])
-            hi_BN[:, part] = torch.minimum(hi_BN[:, part], -bound_BS[:, len(part):])
+            own_BP = unstable_BN[:, part]
+            lo_BN[:, part] = torch.where(own_BP, torch.maximum(lo_BN[:, part], bound_BS[:, :len(part)]),
+                                         lo_BN[:, part])
+            hi_BN[:, part] = torch.where(own_BP, torch.minimum(hi_BN[:, part], -bound_BS[:, len(part):]),
+                                         hi_BN[:, part])
         return lo_BN.reshape(lo_BX.shape), hi_BN.reshape(hi_BX.shape)
 
     # ------------------------------------------------------------ back-substitution
@@ -116,29 +132,42 @@ class LinearBounds:
     def lower_bound(self, start: int, A_BSX: torch.Tensor, boxes: list[Box], stop: int = 0) -> torch.Tensor:
         """Sound lower bound of ``A . node[start]``: shape (B, S). Back-substitutes down to node
         ``stop`` and concretises over its box (the input box for ``stop = 0``); ``stop`` must be
-        a node every path from the input to ``start`` passes through."""
+        a node every path from the input to ``start`` passes through.
+
+        Sound in exact arithmetic: each rule's rounding error, the errors of adding
+        coefficients where branches meet and of accumulating the bias, and the concretisation's
+        error are summed and subtracted, and the result is rounded down.
+        """
         B, S = A_BSX.shape[:2]
+        A_BSX = A_BSX.to(self.dtype)
         pending = {start: A_BSX}
         bias_BS = A_BSX.new_zeros(B, S)
-        magnitude_BS = A_BSX.new_zeros(B, S)
+        error_BS = A_BSX.new_zeros(B, S)
+        u = rounding.unit_roundoff(self.dtype)
+        steps = 0
         for node in reversed(self.graph.nodes[stop + 1:start + 1]):
             A = pending.pop(node.index, None)
             if A is None:
                 continue
+            steps += 1
             if node.op == "add":
                 for source in node.inputs:
-                    _accumulate(pending, source, A)
+                    error_BS = error_BS + _accumulate(pending, source, A, boxes[source])
                 continue
             source = node.inputs[0]
-            A_in, bias, magnitude = rules.backward_rule(node.layer)(node.layer, A, *boxes[source])
-            bias_BS, magnitude_BS = bias_BS + bias, magnitude_BS + magnitude
-            _accumulate(pending, source, A_in)
+            A_in, bias, error = rules.backward_rule(node.layer)(node.layer, A, *boxes[source])
+            bias_BS = bias_BS + bias
+            error_BS = error_BS + error + 2 * u * bias_BS.abs()
+            error_BS = error_BS + _accumulate(pending, source, A_in, boxes[source])
         lo_BX, hi_BX = boxes[stop]
         A0 = pending.get(stop, torch.zeros_like(lo_BX).unsqueeze(1).expand(B, S, *lo_BX.shape[1:]))
         lo_1X, hi_1X = lo_BX.unsqueeze(1), hi_BX.unsqueeze(1)
         value_BS = _rows(A0.clamp(min=0) * lo_1X + A0.clamp(max=0) * hi_1X) + bias_BS
-        magnitude_BS = magnitude_BS + _rows(A0.abs() * torch.maximum(lo_1X.abs(), hi_1X.abs()))
-        return value_BS - (REL_MARGIN * magnitude_BS + ABS_MARGIN)
+        size_BS = _rows(A0.abs() * rounding.magnitude_of(lo_1X, hi_1X)) + bias_BS.abs()
+        error_BS = error_BS + rounding.sum_error(size_BS, lo_BX[0].numel() + 1)
+        # the error terms were summed in floating point too: a relative allowance for that
+        error_BS = error_BS * (1 + rounding.error_factor(steps + 2, self.dtype))
+        return rounding.round_down(value_BS - error_BS)
 
     # ------------------------------------------------------------ the margin
 
@@ -148,15 +177,18 @@ class LinearBounds:
         """Lower bounds of o_y - o_j (j != y) over the box [lo, hi]: shape (B, K-1).
 
         Args:
-            lo, hi: the input box (the network's input units, [0, 1] pixels).
+            lo, hi: the input box (the network's input units, [0, 1] pixels); see
+                `tapsc.certify.rounding.perturbation_box` for one rounded outward.
             labels: true classes, shape (B,).
             method: ``"ibp"``, ``"crown_ibp"`` or ``"crown"``.
+
+        Returns bounds in ``self.dtype`` that hold in exact arithmetic over the stored weights.
         """
         assert method in METHODS, method
         with torch.no_grad():
             boxes = self.node_boxes(lo, hi, "crown" if method == "crown" else "ibp")
             out_lo_BK, out_hi_BK = boxes[self.graph.output]
-            C_BSK = spec_matrix(labels, out_lo_BK.shape[1]).to(lo.dtype)
+            C_BSK = spec_matrix(labels, out_lo_BK.shape[1]).to(self.dtype)
             if method == "ibp":
                 return self._ibp_margin(out_lo_BK, out_hi_BK, C_BSK, boxes)
             return self.lower_bound(self.graph.output, C_BSK, boxes)
@@ -170,15 +202,23 @@ class LinearBounds:
         if last.op == "layer" and not rules.is_relaxed(last.layer) and last.index > 0:
             return self.lower_bound(last.index, C_BSK, boxes, stop=last.inputs[0])
         value_BS = (C_BSK.clamp(min=0) * lo_BK.unsqueeze(1) + C_BSK.clamp(max=0) * hi_BK.unsqueeze(1)).sum(-1)
-        return widen(value_BS, value_BS)[0]
+        size_BS = (C_BSK.abs() * rounding.magnitude_of(lo_BK, hi_BK).unsqueeze(1)).sum(-1)
+        return rounding.round_down(value_BS - rounding.sum_error(size_BS, lo_BK.shape[1]))
 
 
 def _is_maxpool(layer: nn.Module) -> bool:
     return rules.backward_rule(layer) is rules.maxpool_backward
 
 
-def _accumulate(pending: dict[int, torch.Tensor], index: int, A: torch.Tensor) -> None:
-    pending[index] = pending[index] + A if index in pending else A
+def _accumulate(pending: dict[int, torch.Tensor], index: int, A: torch.Tensor, box: Box) -> torch.Tensor:
+    """Add ``A`` to the coefficients waiting at node ``index``; returns the bound (B, S) on the
+    rounding error of that sum applied to any x in the node's box (0 when nothing was added)."""
+    if index not in pending:
+        pending[index] = A
+        return A.new_zeros(A.shape[:2])
+    size = _rows((pending[index].abs() + A.abs()) * rounding.magnitude_of(*box).unsqueeze(1))
+    pending[index] = pending[index] + A
+    return rounding.sum_error(size, 2)
 
 
 def _rows(t_BSX: torch.Tensor) -> torch.Tensor:

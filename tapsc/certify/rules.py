@@ -8,8 +8,12 @@ change when certification learns a new trick:
   modules (the folded export model) get entries below.
 - ``BACKWARD_RULES``: back-substitution of a linear lower bound ``A . y + bias``
   through one layer ``y = layer(x)``, given the box of the layer's input. Returns the
-  coefficients on ``x``, the added bias, and the bias's magnitude (for the float32
-  safety margin, see `tapsc.certify.linear`).
+  coefficients on ``x``, the added bias, and a bound on the rounding error the step made
+  (`tapsc.certify.rounding`): for every x in the box, in exact arithmetic,
+  ``A . layer(x) >= A_in . x + bias - error``.
+- ``MAGNITUDE_RULES``: a bound on |J| |x| + |f0| per output (`magnitude`), which scales
+  the rounding error of every sum an affine layer forms. tapsc's layers carry their
+  ``magnitude`` method.
 
 Rules, in words:
 - affine layers (conv, linear, eval-mode batchnorm, normalize, flatten, avgpool,
@@ -33,16 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tapsc.certify import rounding
 from tapsc.certify.graph import register_container
 from tapsc.errors import Diagnostic, TapscError
 
-# backward(layer, A_BSY, lo_BX, hi_BX) -> (A_BSX, bias_BS, magnitude_BS)
+# backward(layer, A_BSY, lo_BX, hi_BX) -> (A_BSX, bias_BS, error_BS)
 BackwardRule = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
                         tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 IntervalRule = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# magnitude(layer, m_BX) -> m_BY, see `magnitude`
+MagnitudeRule = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 BACKWARD_RULES: dict[type, BackwardRule] = {}
 INTERVAL_RULES: dict[type, IntervalRule] = {}
+MAGNITUDE_RULES: dict[type, MagnitudeRule] = {}
 RELAXED: set[type] = set()  # classes whose backward rule reads the input box
 
 
@@ -50,38 +58,69 @@ def _sum_rows(t_BSY: torch.Tensor) -> torch.Tensor:
     return t_BSY.flatten(2).sum(-1)
 
 
+def _terms(lo_BX: torch.Tensor, A_BSY: torch.Tensor) -> int:
+    """A bound on the terms of any one sum a rule forms: input plus output size per sample."""
+    return lo_BX[0].numel() + A_BSY[0, 0].numel()
+
+
+def _rows_error(A_BSY: torch.Tensor, size_BY: torch.Tensor, terms: int) -> torch.Tensor:
+    """Rounding error bound of sums whose terms are bounded by |A| * size (per bound row)."""
+    rows_BS = torch.bmm(A_BSY.abs().flatten(2), size_BY.flatten(1).unsqueeze(2)).squeeze(2)
+    return rounding.sum_error(rows_BS, terms)
+
+
 # ---------------------------------------------------------------- backward rules
 
 
 def affine_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
-    """Exact transpose of an affine layer: A J and A . layer(0)."""
+    """Exact transpose of an affine layer y = J x + f0: coefficients A J, bias A . f0.
+
+    Rounding: each entry of A J and the bias are sums of at most ``_terms`` products, so
+    (A J - fl(A J)) . x + (A . f0 - fl(A . f0)) is at most gamma (|A| |J| |x| + |A| |f0|)
+    <= gamma |A| . magnitude(layer, max|x|) per row, twice over for the two sums.
+    """
     B, S = A_BSY.shape[:2]
     x0_RX = lo_BX.new_zeros((B * S, *lo_BX.shape[1:]))
     f0_RY, pull = torch.func.vjp(layer, x0_RX)
     (A_RX,) = pull(A_BSY.reshape(B * S, *A_BSY.shape[2:]))
     f0_1Y = f0_RY[:1].unsqueeze(0)  # layer(0) is the same for every row
     bias_BS = _sum_rows(A_BSY * f0_1Y)
-    magnitude_BS = _sum_rows(A_BSY.abs() * f0_1Y.abs())
-    return A_RX.reshape(B, S, *lo_BX.shape[1:]), bias_BS, magnitude_BS
+    size_BY = magnitude(layer, rounding.magnitude_of(lo_BX, hi_BX))
+    error_BS = 2 * _rows_error(A_BSY, size_BY, _terms(lo_BX, A_BSY))
+    return A_RX.reshape(B, S, *lo_BX.shape[1:]), bias_BS, error_BS
 
 
 def relu_slopes(lo_BX: torch.Tensor, hi_BX: torch.Tensor):
-    """CROWN slopes: (lower slope, upper slope, upper intercept), each like lo_BX."""
+    """CROWN slopes: (lower slope, upper slope, upper intercept), each like lo_BX.
+
+    For an unstable neuron (l < 0 < u) the upper line is s x + t with s = u / (u - l). The
+    intercept is not the rounded -l s: it is raised until the line lies on or above ReLU at
+    both ends of [l, u] in exact arithmetic (then everywhere between, ReLU being convex):
+    t >= -s l and t >= u - s u, each with its rounding error added and rounded up.
+    """
     active, dead = lo_BX >= 0, hi_BX <= 0
     unstable = ~active & ~dead
     width = torch.where(unstable, hi_BX - lo_BX, torch.ones_like(lo_BX))
     up_slope = torch.where(unstable, hi_BX / width, active.to(lo_BX.dtype))
-    up_icpt = torch.where(unstable, -lo_BX * up_slope, torch.zeros_like(lo_BX))
+    u = rounding.unit_roundoff(lo_BX.dtype)
+    ends = torch.maximum(-(lo_BX * up_slope), hi_BX - hi_BX * up_slope)
+    slack = 4 * u * (up_slope.abs() * (lo_BX.abs() + hi_BX.abs()) + hi_BX.abs()) + torch.finfo(lo_BX.dtype).tiny
+    up_icpt = torch.where(unstable, rounding.round_up(ends + slack), torch.zeros_like(lo_BX))
     low_slope = torch.where(unstable, (hi_BX >= -lo_BX).to(lo_BX.dtype), active.to(lo_BX.dtype))
     return low_slope, up_slope, up_icpt
 
 
 def relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
-    """CROWN relaxation; positive coefficients take the lower line, negative the upper."""
+    """CROWN relaxation; positive coefficients take the lower line, negative the upper.
+
+    Rounding: each new coefficient is one product (error <= u |A| for slopes in [0, 1]) and
+    the bias a sum of products A- t: bounded by gamma |A| . (max|x| + t).
+    """
     low_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in relu_slopes(lo_BX, hi_BX))
     A_pos, A_neg = A_BSY.clamp(min=0), A_BSY.clamp(max=0)
     A_BSX = A_pos * low_slope + A_neg * up_slope
-    return A_BSX, _sum_rows(A_neg * up_icpt), _sum_rows(A_neg.abs() * up_icpt)
+    size_BX = rounding.magnitude_of(lo_BX, hi_BX) + up_icpt.squeeze(1)
+    return A_BSX, _sum_rows(A_neg * up_icpt), _rows_error(A_BSY, size_BX, _terms(lo_BX, A_BSY))
 
 
 def _pool_geometry(layer: nn.Module) -> tuple[int, int, int]:
@@ -122,7 +161,10 @@ def maxpool_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     folded = F.fold(spread_BSCPL.reshape(B * S, C * kernel * kernel, -1),
                     (H + 2 * padding, W + 2 * padding), kernel, stride=stride)
     A_BSX = folded[..., padding:padding + H, padding:padding + W].reshape(B, S, C, H, W)
-    return A_BSX, _sum_rows(const_BSCL), _sum_rows(const_BSCL.abs())
+    # Rounding: fold sums overlapping windows' coefficients, the bias sums A- times the
+    # largest upper bound: both bounded by gamma |A| . maxpool(max|x|).
+    size_BY = magnitude(layer, rounding.magnitude_of(lo_BX, hi_BX))
+    return A_BSX, _sum_rows(const_BSCL), 2 * _rows_error(A_BSY, size_BY, _terms(lo_BX, A_BSY))
 
 
 # ---------------------------------------------------------------- interval rules (plain torch)
@@ -153,24 +195,51 @@ def _monotone_interval(layer, lo, hi):
     return layer(lo), layer(hi)
 
 
+# ---------------------------------------------------------------- magnitude rules (plain torch)
+
+
+def _linear_magnitude(layer: nn.Linear, m):
+    return F.linear(m, layer.weight.abs(), None if layer.bias is None else layer.bias.abs())
+
+
+def _conv_magnitude(layer: nn.Conv2d, m):
+    return F.conv2d(m, layer.weight.abs(), None if layer.bias is None else layer.bias.abs(),
+                    layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def _batchnorm_magnitude(layer: nn.modules.batchnorm._BatchNorm, m):
+    scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+    shift = layer.bias - layer.running_mean * scale
+    shape = (1, -1) + (1,) * (m.dim() - 2)
+    return m * scale.abs().reshape(shape) + shift.abs().reshape(shape)
+
+
+def _positive_magnitude(layer, m):
+    """For maps with nonnegative weights and no bias (pools, reshapes, relu): the map itself."""
+    return layer(m)
+
+
 def register(cls: type, backward: BackwardRule, interval: IntervalRule | None = None,
-             relaxed: bool = False) -> None:
-    """Add ``cls`` to the tables (``interval=None``: use the layer's own ``interval``)."""
+             relaxed: bool = False, magnitude: MagnitudeRule | None = None) -> None:
+    """Add ``cls`` to the tables (``interval=None`` / ``magnitude=None``: use the layer's own
+    ``interval`` / ``magnitude`` method)."""
     BACKWARD_RULES[cls] = backward
     if interval is not None:
         INTERVAL_RULES[cls] = interval
+    if magnitude is not None:
+        MAGNITUDE_RULES[cls] = magnitude
     if relaxed:
         RELAXED.add(cls)
 
 
-register(nn.Linear, affine_backward, _linear_interval)
-register(nn.Conv2d, affine_backward, _conv_interval)
-register(nn.BatchNorm1d, affine_backward, _batchnorm_interval)
-register(nn.BatchNorm2d, affine_backward, _batchnorm_interval)
+register(nn.Linear, affine_backward, _linear_interval, magnitude=_linear_magnitude)
+register(nn.Conv2d, affine_backward, _conv_interval, magnitude=_conv_magnitude)
+register(nn.BatchNorm1d, affine_backward, _batchnorm_interval, magnitude=_batchnorm_magnitude)
+register(nn.BatchNorm2d, affine_backward, _batchnorm_interval, magnitude=_batchnorm_magnitude)
 for _cls in (nn.Flatten, nn.Identity, nn.AvgPool2d):  # avgpool: positive weights, monotone
-    register(_cls, affine_backward, _monotone_interval)
-register(nn.ReLU, relu_backward, _monotone_interval, relaxed=True)
-register(nn.MaxPool2d, maxpool_backward, _monotone_interval, relaxed=True)
+    register(_cls, affine_backward, _monotone_interval, magnitude=_positive_magnitude)
+register(nn.ReLU, relu_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
+register(nn.MaxPool2d, maxpool_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
 
 # ---------------------------------------------------------------- tapsc layer kinds
 
@@ -234,6 +303,19 @@ def interval(layer: nn.Module, lo: torch.Tensor, hi: torch.Tensor):
     if hasattr(layer, "interval"):
         return layer.interval(lo, hi)
     raise no_rule_error(layer, "interval")
+
+
+def magnitude(layer: nn.Module, m: torch.Tensor) -> torch.Tensor:
+    """An elementwise bound, for every x with |x| <= m, on |layer(x)| and on the sum of the
+    absolute values of the terms each output sums (for an affine layer y = J x + f0:
+    |J| m + |f0|). Rounding error bounds are proportional to it. The table's rule, else the
+    layer's own ``magnitude``."""
+    rule = _lookup(MAGNITUDE_RULES, layer)
+    if rule is not None:
+        return rule(layer, m)
+    if hasattr(layer, "magnitude"):
+        return layer.magnitude(m)
+    raise no_rule_error(layer, "magnitude")
 
 
 def is_relaxed(layer: nn.Module) -> bool:

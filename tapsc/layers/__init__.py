@@ -3,7 +3,7 @@
 Importing this package registers every kind.
 """
 
-from tapsc.layers.base import LAYERS, BoundLayer, build_layers, register_layer, run_forward, run_interval, widen
+from tapsc.layers.base import LAYERS, BoundLayer, build_layers, register_layer, run_forward, run_interval
 from tapsc.layers import affine, batchnorm, elementwise, residual  # noqa: F401  (registers the kinds)
 from tapsc.layers.affine import Conv, Linear
 from tapsc.layers.batchnorm import BatchNorm
@@ -11,7 +11,7 @@ from tapsc.layers.elementwise import AvgPool, Flatten, Identity, MaxPool, Normal
 from tapsc.layers.residual import Residual
 
 __all__ = [
-    "LAYERS", "BoundLayer", "build_layers", "register_layer", "run_forward", "run_interval", "widen",
+    "LAYERS", "BoundLayer", "build_layers", "register_layer", "run_forward", "run_interval",
     "Conv", "Linear", "BatchNorm", "AvgPool", "Flatten", "Identity", "MaxPool", "Normalize", "ReLU",
     "Residual",
 ]

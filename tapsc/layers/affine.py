@@ -53,6 +53,10 @@ class Conv(BoundLayer):
         r_BOHW = F.conv2d(r_BCHW, self.weight.abs(), None, self.stride, self.padding)
         return c_BOHW - r_BOHW, c_BOHW + r_BOHW
 
+    def magnitude(self, m_BCHW):
+        bias = None if self.bias is None else self.bias.abs()
+        return F.conv2d(m_BCHW, self.weight.abs(), bias, self.stride, self.padding)
+
     @property
     def fan_in(self) -> int:
         return self.weight[0].numel()
@@ -91,6 +95,9 @@ class Linear(BoundLayer):
         c_BO = F.linear(c_BI, self.weight, self.bias)
         r_BO = F.linear(r_BI, self.weight.abs())
         return c_BO - r_BO, c_BO + r_BO
+
+    def magnitude(self, m_BI):
+        return F.linear(m_BI, self.weight.abs(), None if self.bias is None else self.bias.abs())
 
     @property
     def fan_in(self) -> int:

@@ -9,8 +9,9 @@ Soundness: every ``interval`` returns bounds that contain ``forward(x)`` for eve
 in the input box, exactly in real arithmetic. Monotone kinds (relu, pools, flatten,
 normalize, per-channel affine batchnorm) are also exactly sound in floating point,
 because rounding is monotone. Conv and linear use the centre/radius form, whose
-accumulated rounding can move a bound by a few float32 ulps of ``|W|(|c| + r)``;
-use ``widen`` on final bounds where strict float soundness matters (certification).
+accumulated rounding can move a bound by a few float32 ulps of ``|W|(|c| + r)``.
+Certification does not rely on either: it adds a bound on every rounding error, computed
+from each layer's ``magnitude`` (`tapsc.certify.rounding`).
 
 Shape legend: B batch, C channels, H height, W width, D features.
 """
@@ -70,6 +71,13 @@ class BoundLayer(nn.Module):
         """Bounds on the output over the box [lo, hi] (monotone default)."""
         return self.forward(lo), self.forward(hi)
 
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        """Elementwise bound, for every x with |x| <= m, on |y| and on the absolute values of
+        the terms each output sums (|J| m + |f0| for an affine y = J x + f0). Certification's
+        rounding error bounds scale with it (`tapsc.certify.rounding`). Every kind declares
+        its own: there is no default that could be silently wrong."""
+        raise NotImplementedError(f"layer kind {self.kind!r} declares no magnitude rule")
+
 
 def build_layers(layers_ir: tuple[ir.Node, ...], in_shape: Shape) -> tuple[list[BoundLayer], Shape]:
     """Build registered layers for a sequence of IR nodes; returns them and the output shape."""
@@ -97,12 +105,3 @@ def run_interval(layers, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tens
         lo, hi = layer.interval(lo, hi)
     return lo, hi
 
-
-def widen(lo: torch.Tensor, hi: torch.Tensor, rel: float = 1e-5, abs_: float = 1e-6):
-    """Widen a box by a relative + absolute margin to absorb float rounding of affine layers.
-
-    The margin is ``rel * max(|lo|, |hi|) + abs_`` on each side; intended for final
-    bounds used to certify, not for training losses.
-    """
-    margin = rel * torch.maximum(lo.abs(), hi.abs()) + abs_
-    return lo - margin, hi + margin

@@ -72,6 +72,10 @@ class BatchNorm(BoundLayer):
         positive = scale >= 0
         return torch.where(positive, lo_out, hi_out), torch.where(positive, hi_out, lo_out)
 
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        scale, shift = self._affine()
+        return m * scale.abs() + shift.abs()
+
     def _record(self, x: torch.Tensor) -> None:
         mean = x.mean(self.reduce_dims)
         var = x.var(self.reduce_dims, unbiased=False)

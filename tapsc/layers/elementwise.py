@@ -28,6 +28,9 @@ class ReLU(BoundLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
 
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        return m
+
 
 @register_layer("flatten")
 class Flatten(BoundLayer):
@@ -39,6 +42,9 @@ class Flatten(BoundLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
+
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        return self.forward(m)
 
 
 @register_layer("identity")
@@ -54,6 +60,9 @@ class Identity(BoundLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        return m
+
 
 class _Pool(BoundLayer):
     def __init__(self, node: ir.AvgPool | ir.MaxPool):
@@ -65,6 +74,10 @@ class _Pool(BoundLayer):
     @classmethod
     def build(cls, node, in_shape: Shape):
         return cls(node), layer_output_shape(node, tuple(in_shape))
+
+    def magnitude(self, m_BCHW: torch.Tensor) -> torch.Tensor:
+        """Both pools have nonnegative weights and no bias: the pool of m bounds the terms."""
+        return self.forward(m_BCHW)
 
 
 @register_layer("maxpool")
@@ -111,3 +124,6 @@ class Normalize(BoundLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        return (m + self.mean.abs()) / self.std.abs()

@@ -1,0 +1,145 @@
+"""Every bound rule in the registry, tested against sampled points; and proof that the tests
+catch a wrong rule (mutants registered in a temporary entry must fail them).
+
+The cases are generated from the rule tables: a layer class that gains a backward rule without
+a case here fails `test_every_rule_class_has_a_case`, so it cannot go untested.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rule_checks import (TAPSC_CASES, TORCH_CASES, build_case, check_backward_rule, check_interval,
+                         check_margin_bounds, random_box)
+from torch import nn
+
+from tapsc.certify import rules
+from tapsc.layers import LAYERS
+
+rules.register_tapsc_layers()
+_KIND_OF = {cls: kind for kind, cls in LAYERS.items()}
+RULE_KEYS = [_KIND_OF.get(cls, cls) for cls in rules.BACKWARD_RULES]
+ALL_KEYS = sorted(TAPSC_CASES) + list(TORCH_CASES)
+RADII = [1e-3, 0.1, 1.0]
+
+
+def _id(key) -> str:
+    return key if isinstance(key, str) else f"torch.{key.__name__}"
+
+
+def test_every_rule_class_has_a_case():
+    assert set(LAYERS) <= set(TAPSC_CASES), f"layer kinds without a soundness case: {set(LAYERS) - set(TAPSC_CASES)}"
+    missing = [_id(k) for k in RULE_KEYS if k not in TAPSC_CASES and k not in TORCH_CASES]
+    assert not missing, f"classes with bound rules but no soundness case: {missing}"
+
+
+@pytest.mark.parametrize("key", RULE_KEYS, ids=_id)
+def test_every_rule_class_has_interval_and_magnitude_rules(key):
+    layer, in_shape = build_case(key, 0)
+    lo, hi = random_box(in_shape, 2, 0.1, 0)
+    out_lo, out_hi = rules.interval(layer, lo, hi)
+    size = rules.magnitude(layer, torch.maximum(lo.abs(), hi.abs()))
+    assert size.shape == out_lo.shape and (size >= 0).all()
+    assert (size >= torch.maximum(out_lo.abs(), out_hi.abs()) - 1e-9).all(), "magnitude must bound |y|"
+
+
+@pytest.mark.parametrize("radius", RADII)
+@pytest.mark.parametrize("key", RULE_KEYS, ids=_id)
+def test_backward_rule_is_sound(key, radius):
+    for seed in range(3):
+        layer, in_shape = build_case(key, seed)
+        lo, hi = random_box(in_shape, 3, radius, seed)
+        check_backward_rule(layer, lo, hi, seed=seed)
+
+
+@pytest.mark.parametrize("radius", RADII)
+@pytest.mark.parametrize("key", ALL_KEYS, ids=_id)
+def test_interval_is_sound(key, radius):
+    for seed in range(2):
+        layer, in_shape = build_case(key, seed)
+        lo, hi = random_box(in_shape, 3, radius, seed)
+        check_interval(layer, lo, hi, seed=seed)
+
+
+def _head(layer: nn.Module, in_shape, seed: int) -> list[nn.Module]:
+    """The layer, then flatten and a random linear layer to 3 logits (float64)."""
+    with torch.no_grad():
+        out = layer(torch.zeros((1, *in_shape), dtype=torch.float64))
+    torch.manual_seed(seed)
+    return [layer, nn.Flatten().double(), nn.Linear(out[0].numel(), 3).double()]
+
+
+@pytest.mark.parametrize("radius", RADII)
+@pytest.mark.parametrize("key", ALL_KEYS, ids=_id)
+def test_margin_bounds_of_every_method_are_sound(key, radius):
+    for seed in range(2):
+        layer, in_shape = build_case(key, seed)
+        lo, hi = random_box(in_shape, 3, radius, seed)
+        check_margin_bounds(_head(layer, in_shape, seed), lo, hi, torch.tensor([0, 1, 2]), seed=seed)
+
+
+# ---------------------------------------------------------------- mutants: the checks must catch them
+
+
+class _Mutant(nn.ReLU):
+    """A ReLU whose rules are replaced by wrong ones in a temporary registry entry."""
+
+
+def _relu_without_intercept(layer, A, lo, hi):
+    A_in, _, error = rules.relu_backward(layer, A, lo, hi)
+    return A_in, torch.zeros_like(error), error  # the upper line through the origin: too low
+
+
+def _affine_bias_dropped(layer, A, lo, hi):
+    A_in, _, error = rules.affine_backward(layer, A, lo, hi)
+    return A_in, torch.zeros_like(error), error
+
+
+def _maxpool_upper_lowered(layer, A, lo, hi):
+    A_in, bias, error = rules.maxpool_backward(layer, A, lo, hi)
+    return A_in, bias + 0.05 * A.abs().flatten(2).sum(-1), error
+
+
+def _interval_shrunk(layer, lo, hi):
+    out_lo, out_hi = layer(lo), layer(hi)
+    return out_lo + 0.1 * (out_hi - out_lo), out_hi
+
+
+class _LinearMutant(nn.Linear):
+    pass
+
+
+class _PoolMutant(nn.MaxPool2d):
+    pass
+
+
+MUTANTS = {
+    "relu: upper intercept 0": (_Mutant, lambda: _Mutant(), (6,), "backward", _relu_without_intercept),
+    "linear: bias dropped": (_LinearMutant, lambda: _LinearMutant(6, 4), (6,), "backward", _affine_bias_dropped),
+    "maxpool: upper line lowered": (_PoolMutant, lambda: _PoolMutant(2), (2, 4, 4), "backward",
+                                    _maxpool_upper_lowered),
+    "relu: interval shrunk": (_Mutant, lambda: _Mutant(), (6,), "interval", _interval_shrunk),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_a_wrong_rule_fails_the_checks(name, monkeypatch):
+    cls, factory, in_shape, which, wrong = MUTANTS[name]
+    base = cls.__mro__[1]
+    monkeypatch.setitem(rules.BACKWARD_RULES, cls, wrong if which == "backward" else rules.BACKWARD_RULES[base])
+    monkeypatch.setitem(rules.INTERVAL_RULES, cls, wrong if which == "interval" else rules.INTERVAL_RULES[base])
+    monkeypatch.setitem(rules.MAGNITUDE_RULES, cls, rules.MAGNITUDE_RULES[base])
+    if base in rules.RELAXED:
+        monkeypatch.setattr(rules, "RELAXED", rules.RELAXED | {cls})
+    torch.manual_seed(0)
+    layer = factory().double().eval()
+    lo, hi = random_box(in_shape, 3, 0.5, 0)
+    with pytest.raises(AssertionError):
+        if which == "backward":
+            check_backward_rule(layer, lo, hi)
+        else:
+            check_interval(layer, lo, hi)
+    # ... and the end-to-end margin check over a network holding it fails too
+    with pytest.raises(AssertionError):
+        methods = ("crown_ibp", "crown") if which == "backward" else ("ibp",)
+        check_margin_bounds(_head(layer, in_shape, 0), lo, hi, torch.tensor([0, 1, 2]), methods=methods)
