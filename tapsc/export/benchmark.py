@@ -65,19 +65,22 @@ def capped_timeout(count: int, timeout: float) -> tuple[int | float, str | None]
         TapscError: ``count`` > 0 and the timeout would be written as 0 s (``timeout``
             under 0.1 s, or more instances than the cap has tenths of a second).
     """
-    steps = math.floor(Fraction(repr(float(timeout))) * TIMEOUT_STEPS_PER_SECOND)  # exact decimal, no float fuzz
+    # the decimal the user wrote, exactly (300.3 is not a float's 300.29999...)
+    steps = math.floor(Fraction(repr(float(timeout))) * TIMEOUT_STEPS_PER_SECOND)
     cap_steps = int(MAX_TOTAL_TIMEOUT) * TIMEOUT_STEPS_PER_SECOND
     warning = None
     if count > 0 and count * steps > cap_steps:
         steps = cap_steps // count
-        warning = (f"{count} instances x {timeout:g} s exceed VNN-COMP's 6-hour cap per benchmark; timeout "
-                   f"lowered to {timeout_text(_seconds(steps))} s per instance (export fewer samples to keep {timeout:g} s)")
+        warning = (f"{count} instances x {timeout:g} s exceed VNN-COMP's 6-hour cap per benchmark; "
+                   f"timeout lowered to {timeout_text(_seconds(steps))} s per instance "
+                   f"(export fewer samples to keep {timeout:g} s)")
     if steps <= 0 and count > 0:
         raise TapscError(Diagnostic(
             code="timeout-too-small",
             message=f"a timeout of {timeout:g} s for {count} instances is written as 0 s "
                     f"(timeouts are written to 0.1 s and sum to at most {MAX_TOTAL_TIMEOUT:g} s)",
-            help="give a timeout of at least 0.1 s (`--timeout` or `export.timeout`), or export fewer samples"))
+            help="give a timeout of at least 0.1 s (`--timeout` or `export.timeout`), "
+                 "or export fewer samples"))
     return _seconds(steps), warning
 
 
