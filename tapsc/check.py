@@ -143,6 +143,24 @@ def check_crops(spec: ir.Spec) -> list[Diagnostic]:
     return problems
 
 
+def random_test_augmentation(item: ir.Node) -> Diagnostic:
+    """The error for a random augmentation (``item.random``) among the test transforms."""
+    allowed = ", ".join(f"`{kind}`" for kind in ir.EVALUATION_AUGMENTATIONS)
+    return Diagnostic(
+        code="random-test-augmentation",
+        message=f"`{item.kind}` is random and cannot transform test images: evaluation, "
+                "certification and export must see the same image in every run",
+        span=item.span,
+        help=f"`augment test` allows only deterministic augmentations ({allowed}); "
+             f"move `{item.kind}` to `augment train {{ ... }}`")
+
+
+@check
+def check_test_augmentation(spec: ir.Spec) -> list[Diagnostic]:
+    """Test and validation images are transformed deterministically (no random crop or flip)."""
+    return [random_test_augmentation(item) for item in spec.data.test_augment if item.random]
+
+
 @check
 def check_phases(spec: ir.Spec) -> list[Diagnostic]:
     """Phases tile [0, epochs) with no gap and no overlap; the last runs to the end."""

@@ -11,7 +11,8 @@ and excludes ``end``; ``end=None`` means "until the last epoch".
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import typing
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,21 +53,35 @@ class Normalize(Node):
 
 
 class RandomCrop(Node):
+    """A SIZE x SIZE window at a random place in the image zero-padded by ``padding``."""
+
+    random: ClassVar[bool] = True  # a draw per image: training only (see `EVALUATION_AUGMENTATIONS`)
     kind: Literal["crop"] = "crop"
     size: PositiveInt
     padding: NonNegativeInt = 0
 
 
 class HorizontalFlip(Node):
+    """A left-right mirror of the image with probability 1/2."""
+
+    random: ClassVar[bool] = True
     kind: Literal["hflip"] = "hflip"
 
 
 class CenterCrop(Node):
+    """The central SIZE x SIZE window of the image."""
+
+    random: ClassVar[bool] = False
     kind: Literal["center_crop"] = "center_crop"
     size: PositiveInt
 
 
 Augmentation = Annotated[Union[RandomCrop, HorizontalFlip, CenterCrop], Field(discriminator="kind")]
+AUGMENTATION_CLASSES: tuple[type[Node], ...] = typing.get_args(typing.get_args(Augmentation)[0])
+# The kinds that transform every image the same way: the only ones allowed in `augment test`
+# (test and validation images), since evaluation, certification and export must see the image itself.
+EVALUATION_AUGMENTATIONS: tuple[str, ...] = tuple(
+    cls.model_fields["kind"].default for cls in AUGMENTATION_CLASSES if not cls.random)
 
 
 class Data(Node):
@@ -74,7 +89,7 @@ class Data(Node):
     root: str | None = None  # None: the dataset's default location
     normalize: Normalize | None = None
     train_augment: tuple[Augmentation, ...] = ()
-    test_augment: tuple[Augmentation, ...] = ()
+    test_augment: tuple[Augmentation, ...] = ()  # test and validation: EVALUATION_AUGMENTATIONS only
     batch: PositiveInt = 128
     test_batch: PositiveInt | None = None  # None: same as batch
     train_subset: PositiveInt | None = None  # first n training samples only

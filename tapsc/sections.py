@@ -38,8 +38,8 @@ PHASE_CLASSES: dict[str, type[ir.Node]] = {
     "natural": ir.NaturalPhase, "pgd": ir.PGDPhase, "ibp": ir.IBPPhase,
     "sabr": ir.SABRPhase, "taps": ir.TAPSPhase, "staps": ir.STAPSPhase,
 }
-AUGMENTATIONS: dict[str, type[ir.Node]] = {"crop": ir.RandomCrop, "hflip": ir.HorizontalFlip,
-                                           "center_crop": ir.CenterCrop}
+AUGMENTATIONS: dict[str, type[ir.Node]] = {
+    cls.model_fields["kind"].default: cls for cls in ir.AUGMENTATION_CLASSES}
 CONNECTOR_C = {"linear": 1.0, "binary": 0.0}  # the c that defines these connectors
 
 

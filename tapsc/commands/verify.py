@@ -315,6 +315,8 @@ def _export_samples(network, test_set, count: int, verdicts: dict, only_unknown:
 
 
 def _print_export(report) -> None:
+    from tapsc.export.benchmark import timeout_text
+
     if report.onnx is not None:
         o = report.onnx
         parity = ("not checked (onnxruntime is not installed)" if o.max_abs_diff is None else
@@ -322,7 +324,7 @@ def _print_export(report) -> None:
                   f"(tolerance {o.tolerance:.1e})")
         console.print(f"ONNX {escape(str(o.path))}: opset {o.opset}, ops {', '.join(o.ops)}; {parity}")
     if report.instances:
-        console.print(f"{report.instances} VNN-LIB instances, timeout {report.timeout:g} s each, "
+        console.print(f"{report.instances} VNN-LIB instances, timeout {timeout_text(report.timeout)} s each, "
                       f"in {escape(str(report.out_dir))} (instances.csv, manifest.json)")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")

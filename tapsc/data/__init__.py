@@ -71,7 +71,11 @@ def _split(data: ir.Data, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_dataset(data: ir.Data, train: bool, shape: tuple[int, ...] | None = None) -> Dataset:
     """The training set (less the validation samples, ``train_augment`` applied) or the
-    test set (``test_augment``), each cut to its subset size.
+    test set (``test_augment``, deterministic kinds only), each cut to its subset size.
+
+    The test set yields the same tensors on every load and every pass, whatever the
+    seed: a random kind in ``test_augment`` is refused here even when the IR was built
+    without `tapsc.check` (evaluation, certification and export read this set).
 
     Args:
         data: the spec's data section.
@@ -79,23 +83,31 @@ def load_dataset(data: ir.Data, train: bool, shape: tuple[int, ...] | None = Non
         shape: reshape every image to this (e.g. the model's flat input shape).
 
     Raises:
-        TapscError: the dataset is missing or unreadable (the message says where to put it).
+        TapscError: the dataset is missing or unreadable (the message says where to put it),
+            or ``train`` is False and ``test_augment`` holds a random kind
+            (``random-test-augmentation``).
     """
+    transform = build_transform(data.train_augment if train else data.test_augment, evaluation=not train)
     base = _raw(data, train)
     if train:
         indices, _ = _split(data, len(base))
-        subset, augment = data.train_subset, data.train_augment
+        subset = data.train_subset
     else:
-        indices, subset, augment = torch.arange(len(base)), data.test_subset, data.test_augment
+        indices, subset = torch.arange(len(base)), data.test_subset
     if subset is not None:
         indices = indices[:subset]
-    return Prepared(base, indices, build_transform(augment), shape)
+    return Prepared(base, indices, transform, shape)
 
 
 def load_validation(data: ir.Data, shape: tuple[int, ...] | None = None) -> Dataset | None:
-    """The ``data.validation`` samples held out of the training set (``test_augment``), or None."""
+    """The ``data.validation`` samples held out of the training set (``test_augment``), or None.
+
+    Raises:
+        TapscError: as `load_dataset` for the test set (a random kind in ``test_augment``).
+    """
     if data.validation == 0:
         return None
+    transform = build_transform(data.test_augment, evaluation=True)
     base = _raw(data, True)
     _, indices = _split(data, len(base))
-    return Prepared(base, indices, build_transform(data.test_augment), shape)
+    return Prepared(base, indices, transform, shape)

@@ -3,7 +3,9 @@
 Shapes: images are (C, H, W) float tensors in [0, 1]. There is no normalisation
 here: the network's first layer normalises, so the perturbation stays in pixel units.
 The random transforms draw from torch's global generator, which the runner seeds
-per epoch; that is what makes a resumed run repeat the uninterrupted one.
+per epoch; that is what makes a resumed run repeat the uninterrupted one. Which kinds
+are random is the ``random`` class attribute of their IR node; test and validation
+images only ever get the deterministic ones (`build_transform(..., evaluation=True)`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,29 @@ import torch
 from torchvision import transforms as T
 
 from tapsc import ir
+from tapsc.check import random_test_augmentation
+from tapsc.errors import TapscError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def build_transform(augment: Sequence[ir.Node]) -> Transform | None:
-    """One callable applying the spec's augmentations in order; None when there are none."""
+def build_transform(augment: Sequence[ir.Node], evaluation: bool = False) -> Transform | None:
+    """One callable applying the spec's augmentations in order; None when there are none.
+
+    Args:
+        augment: augmentation nodes of the IR, applied in order.
+        evaluation: the transform of test or validation images. Random kinds (``random``
+            set on their IR class) are then refused, whatever built the IR, so that
+            evaluation, certification, analysis and export never see a random draw.
+
+    Raises:
+        TapscError: ``evaluation`` and ``augment`` holds a random kind (code
+            ``random-test-augmentation``, one diagnostic per random step).
+    """
+    if evaluation:
+        refused = [random_test_augmentation(step) for step in augment if step.random]
+        if refused:
+            raise TapscError(refused)
     steps = [_one(step) for step in augment]
     if not steps:
         return None

@@ -6,24 +6,30 @@
     OUT/manifest.json     instance -> sample index, label, eps, tapsc's own verdict
 
 VNN-COMP caps a benchmark's summed timeouts at 6 hours; when the instances would
-exceed it, the per-instance timeout is lowered to fit and a warning says so.
+exceed it, the per-instance timeout is lowered to fit and a warning says so. Timeouts
+are written to 0.1 s, always rounded DOWN, so the written rows never sum past the cap;
+instances.csv and manifest.json hold the same number, formatted by `timeout_text`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from tapsc.errors import Diagnostic, TapscError
 from tapsc.export.onnx import OnnxReport, export_onnx
 from tapsc.export.vnnlib import write_property_file
 
 MAX_TOTAL_TIMEOUT = 6 * 3600.0
+TIMEOUT_STEPS_PER_SECOND = 10  # timeouts are written to 0.1 s
 ONNX_NAME = "net.onnx"
 
 
@@ -41,23 +47,52 @@ class Sample:
 class BenchmarkReport:
     out_dir: Path
     instances: int
-    timeout: float
+    timeout: int | float  # seconds per instance, exactly as written (see `timeout_text`)
     skipped_misclassified: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     onnx: OnnxReport | None = None
 
 
-def capped_timeout(count: int, timeout: float) -> tuple[float, str | None]:
-    """Per-instance timeout so that ``count`` instances fit in 6 hours, and a warning if lowered."""
-    if count == 0 or count * timeout <= MAX_TOTAL_TIMEOUT:
-        return timeout, None
-    capped = MAX_TOTAL_TIMEOUT / count
-    return capped, (f"{count} instances x {timeout:g} s exceed VNN-COMP's 6-hour cap per benchmark; "
-                     f"timeout lowered to {capped:.1f} s per instance (export fewer samples to keep {timeout:g} s)")
+def capped_timeout(count: int, timeout: float) -> tuple[int | float, str | None]:
+    """Per-instance timeout (seconds) for ``count`` instances, as written, and a warning if lowered.
+
+    The result is ``timeout`` rounded DOWN to 0.1 s, lowered (again rounding down) when
+    ``count`` instances would otherwise sum past VNN-COMP's 6 hours, so ``count`` times the
+    written value never exceeds `MAX_TOTAL_TIMEOUT`. It is an int when whole and a float
+    with one decimal otherwise; `timeout_text` gives its exact text in the csv and manifest.
+
+    Raises:
+        TapscError: ``count`` > 0 and the timeout would be written as 0 s (``timeout``
+            under 0.1 s, or more instances than the cap has tenths of a second).
+    """
+    # the decimal the user wrote, exactly (300.3 is not a float's 300.29999...)
+    steps = math.floor(Fraction(repr(float(timeout))) * TIMEOUT_STEPS_PER_SECOND)
+    cap_steps = int(MAX_TOTAL_TIMEOUT) * TIMEOUT_STEPS_PER_SECOND
+    warning = None
+    if count > 0 and count * steps > cap_steps:
+        steps = cap_steps // count
+        warning = (f"{count} instances x {timeout:g} s exceed VNN-COMP's 6-hour cap per benchmark; "
+                   f"timeout lowered to {timeout_text(_seconds(steps))} s per instance "
+                   f"(export fewer samples to keep {timeout:g} s)")
+    if steps <= 0 and count > 0:
+        raise TapscError(Diagnostic(
+            code="timeout-too-small",
+            message=f"a timeout of {timeout:g} s for {count} instances is written as 0 s "
+                    f"(timeouts are written to 0.1 s and sum to at most {MAX_TOTAL_TIMEOUT:g} s)",
+            help="give a timeout of at least 0.1 s (`--timeout` or `export.timeout`), "
+                 "or export fewer samples"))
+    return _seconds(steps), warning
 
 
-def _timeout_text(timeout: float) -> str:
-    return str(int(timeout)) if float(timeout).is_integer() else f"{timeout:.1f}"
+def _seconds(steps: int) -> int | float:
+    """``steps`` tenths of a second as a number whose shortest text has at most one decimal."""
+    whole, rest = divmod(steps, TIMEOUT_STEPS_PER_SECOND)
+    return whole if rest == 0 else steps / TIMEOUT_STEPS_PER_SECOND
+
+
+def timeout_text(timeout: int | float) -> str:
+    """The text of a `capped_timeout` value in instances.csv: what json writes in manifest.json."""
+    return json.dumps(timeout)
 
 
 def correctly_classified(network: nn.Module, samples: Sequence[Sample]) -> tuple[list[Sample], list[int]]:
@@ -93,7 +128,8 @@ def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample]
     return report
 
 
-def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, timeout: float, num_classes: int):
+def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, timeout: int | float,
+                      num_classes: int):
     folder = out_dir / "vnnlib"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("prop_*.vnnlib"):  # a previous export's properties would mislead
@@ -104,7 +140,7 @@ def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, time
         comment = f"tapsc: test sample {sample.index}, label {sample.label}, eps {eps:g}"
         write_property_file(out_dir / name, np.asarray(sample.x.cpu(), dtype=np.float32), sample.label,
                             num_classes, eps, comment=comment)
-        rows.append(f"onnx/{ONNX_NAME},{name},{_timeout_text(timeout)}\n")
+        rows.append(f"onnx/{ONNX_NAME},{name},{timeout_text(timeout)}\n")
         instances.append({"onnx": f"onnx/{ONNX_NAME}", "vnnlib": name, "index": sample.index,
                           "label": sample.label, "eps": eps, "timeout": timeout, "verdict": sample.verdict})
     (out_dir / "instances.csv").write_text("".join(rows))

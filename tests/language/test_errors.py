@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tapsc import ir
 from tapsc.diagnostics import render_error
 from tapsc.errors import TapscError
 from tapsc.spec import load_spec, load_spec_text
@@ -16,7 +17,7 @@ ERRORS = Path(__file__).parent.parent / "golden" / "errors"
 RENDERED = Path(__file__).parent.parent / "golden" / "rendered"
 CASES = sorted(ERRORS.glob("*.taps"))
 RENDERED_CASES = ["missing_comma", "unknown_dataset", "conv_on_flat", "phase_overlap", "unknown_setting",
-                  "include_cycle", "connector_c_range"]
+                  "include_cycle", "connector_c_range", "random_test_augmentation"]
 
 
 def _first_error(path: Path) -> TapscError:
@@ -82,3 +83,31 @@ def test_many_errors_are_capped():
     text = render_error(info.value)
     assert len(info.value.diagnostics) == 30
     assert "... and 10 more" in text
+
+
+def _augment_statement(cls: type[ir.Node]) -> str:
+    """`kind` or `kind 6`: the augmentation with its required sizes (6 fits digits' 8x8)."""
+    kind = cls.model_fields["kind"].default
+    return kind + " 6" * sum(f.is_required() for f in cls.model_fields.values())
+
+
+@pytest.mark.parametrize("cls", ir.AUGMENTATION_CLASSES, ids=lambda c: c.__name__)
+def test_only_deterministic_augmentations_are_allowed_in_augment_test(cls: type[ir.Node]):
+    statement = _augment_statement(cls)
+    text = f"""data digits {{ augment train {{ {statement} }}; augment test {{ {statement} }} }}
+model {{ flatten; linear(10) }}
+perturbation linf {{ eps 0.1 }}
+method {{ phase ibp }}
+optimizer adam {{ epochs 1 }}"""
+    if not cls.random:
+        load_spec_text(text)  # and a random kind is fine for training: only the test line can fail
+        return
+    with pytest.raises(TapscError) as info:
+        load_spec_text(text)
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.code == "random-test-augmentation"
+    line = text.splitlines()[0]
+    column = line.index(statement, line.index("augment test")) + 1
+    assert (diagnostic.span.line, diagnostic.span.column) == (1, column)
+    allowed = [c.model_fields["kind"].default for c in ir.AUGMENTATION_CLASSES if not c.random]
+    assert allowed and all(f"`{kind}`" in diagnostic.help for kind in allowed)
