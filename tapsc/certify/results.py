@@ -207,12 +207,19 @@ def _read_csv(path: Path, tool: str, instances: InstanceIndex) -> tuple[list[Ans
             word = normal_word(row[result_column])
         else:
             words = [normal_word(cell) for cell in row if known_word(normal_word(cell))]
-            word = words[0] if words else ""
+            word = words[0] if words else _unknown_word_cell(row, row.index(vnnlib[-1]))
         witness = next((cell for cell in row if WITNESS_PAIR.search(cell)), None)
         if witness is None and word == "sat":
             witness = _counterexample_file(path.parent, *pair)
         answers.append(Answer(tool, where, pair[0], pair[1], word, witness))
     return answers, unmatched
+
+
+def _unknown_word_cell(row: list[str], at: int) -> str:
+    """An unrecognised word, kept rather than dropped: the VNN-COMP runner's column (two after
+    the vnnlib path, with a time after it) or else the cell after the vnnlib path."""
+    column = at + 2 if len(row) >= at + 4 else at + 1
+    return normal_word(row[column]) if column < len(row) else ""
 
 
 def _read_folder(path: Path, tool: str, instances: InstanceIndex) -> tuple[list[Answer], list[str]]:

@@ -14,6 +14,9 @@ would be a conjunction ("every class beats t"), a different and wrong property.
 Numbers are written in positional decimal (no exponent, which some parsers reject),
 with the shortest digits that round-trip the float64 value, so the box read back is
 exactly the box computed. The box is computed in float64 from the float32 image.
+
+`read_property` reads a box property back (any VNN-LIB 1.0 file with bounds on every
+X_i and one output assertion), for checking a verifier's counterexample against it.
 """
 
 from __future__ import annotations

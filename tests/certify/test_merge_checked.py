@@ -176,7 +176,7 @@ def test_lies_and_runner_words_are_counted_as_unknown_with_reasons(run, tmp_path
     far = prop.upper.copy()
     far[0] = prop.upper[0] + 0.3  # 0.3 past the box on X_0: far beyond the scorer's 1e-4
     centre = (box(run, not_violating).lower + box(run, not_violating).upper) / 2  # classified correctly
-    words = ["crash", "silent", "hang", "prepare-fail", "timeout", "unknown", "error\n"]
+    words = ["crash", "silent", "hang", "prepare-fail", "timeout", "unknown", "error\n", "maybe\n"]
     plan = {no_witness: "sat\n", outside: witness(far), not_violating: witness(centre),
             **{index: word for index, word in zip(rest, words)}}
     before = verdicts(run)
@@ -196,11 +196,12 @@ def test_lies_and_runner_words_are_counted_as_unknown_with_reasons(run, tmp_path
     (entry,) = document["merges"]
     assert entry["tool"] == "liar" and entry["counts"] == {
         "sat": 3, "sat rejected": 3, "error_exit_code_3": 1, "no_result_in_file": 1, "run_instance_timeout": 1,
-        "prepare_instance_error_4": 1, "timeout": 1, "unknown": 1, "error": 1}
+        "prepare_instance_error_4": 1, "timeout": 1, "unknown": 1, "error": 1, "maybe": 1}
     reasons = {a["word"]: a["reason"] for a in entry["answers"] if a["word"] != "sat"}
     assert all(a["outcome"] == "unknown" for a in entry["answers"])
     assert "code 3" in reasons["error_exit_code_3"] and "code 4" in reasons["prepare_instance_error_4"]
     assert "timeout" in reasons["run_instance_timeout"] and "no result" in reasons["no_result_in_file"]
+    assert "unrecognised" in reasons["maybe"]
 
 
 def test_unsat_on_a_falsified_sample_is_a_conflict(run, tmp_path):
