@@ -14,7 +14,7 @@ estimate of m*:
 What IS guaranteed: every sound bound <= every attack margin, and IBP <= TAPS (the latent
 points lie in the IBP box of the extractor, and IBP of the classifier bounds the classifier
 anywhere in that box). ``soundness`` counts violations of both (beyond float tolerance).
-Exact verdicts (``certify --merge`` of a complete verifier, or the cascade's own) give the
+Exact verdicts (``certify --merge`` of a complete verifier's checked answers, or the cascade's own) give the
 sign of m* where known.
 
 Nothing here reimplements a bound: each estimate calls tapsc.method or tapsc.certify.
@@ -124,20 +124,16 @@ def batch_estimates(network, x_B, y_B, spec: ir.Spec, methods: Sequence[str]) ->
 
 
 def stored_verdicts(run_dir: Path, eps: float) -> tuple[str | None, dict[int, dict]]:
-    """Per-sample rows of merged.json (preferred: it holds a verifier's exact verdicts) or
-    certify.json in the run, when they were computed at ``eps``; ``(file name, {index: row})``."""
+    """Per-sample rows of the run's certify.json (which holds a merged verifier's checked
+    verdicts too, after `tapsc certify --merge`), when computed at ``eps``; ``(file name, {index: row})``."""
     certify = Path(run_dir) / "certify.json"
-    settings_eps = None
-    if certify.is_file():
-        settings_eps = json.loads(certify.read_text()).get("settings", {}).get("eps")
+    if not certify.is_file():
+        return None, {}
+    document = json.loads(certify.read_text())
+    settings_eps = document.get("settings", {}).get("eps")
     if settings_eps is None or not math.isclose(settings_eps, eps, rel_tol=1e-6):
         return None, {}
-    for name in ("merged.json", "certify.json"):
-        path = Path(run_dir) / name
-        if path.is_file():
-            rows = json.loads(path.read_text()).get("samples", [])
-            return name, {int(row["index"]): row for row in rows}
-    return None, {}
+    return certify.name, {int(row["index"]): row for row in document.get("samples", [])}
 
 
 # ---------------------------------------------------------------- summaries

@@ -43,6 +43,12 @@ def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
     return Path(run_dir) / CHECKPOINTS / f"{which}.pt"
 
 
+def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """The checkpoint file ``load_run`` reads: "best" falls back to "last" before a best one exists."""
+    path = checkpoint_path(run_dir, which)
+    return checkpoint_path(run_dir, "last") if which == "best" and not path.is_file() else path
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -196,10 +202,7 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     from tapsc.compile import compile_network
 
     spec = read_spec(run_dir)
-    path = checkpoint_path(run_dir, which)
-    if which == "best" and not path.is_file():
-        path = checkpoint_path(run_dir, "last")
-    state = read_checkpoint(path)
+    state = read_checkpoint(resolve_checkpoint(run_dir, which))
     network = compile_network(spec)
     network.load_state_dict(state["model"])
     return spec, network.to(device).eval()

@@ -29,6 +29,8 @@ from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import perturbation_box
 
 VERDICTS = ("misclassified", "falsified", "certified", "unknown")
+# the source of an in-house verdict (a certified one's is its bound method)
+INHOUSE_SOURCE = {"misclassified": "prediction", "falsified": "attack", "unknown": None}
 
 
 class SoundnessError(AssertionError):
@@ -47,6 +49,9 @@ class SampleVerdict:
     margin_bound: float | None  # best lower bound on min_j (o_y - o_j) found
     attack_margin: float | None  # worst margin the attack reached (>= 0: counterexample)
     time: float  # seconds spent on this sample
+    # who decided the verdict: the bound method, "attack", "prediction", or a merged
+    # verifier's tool name (`tapsc.certify.merge`); None while unknown
+    source: str | None = None
 
     def row(self) -> dict:
         return asdict(self)
@@ -133,7 +138,8 @@ class Cascade:
         return SampleVerdict(index=int(index), label=int(labels_B[i]), prediction=int(prediction_B[i]),
                              verdict=verdict, method=method_of[i],
                              margin_bound=None if bound == float("-inf") else bound,
-                             attack_margin=float(attack_B[i]), time=float(spent[i]))
+                             attack_margin=float(attack_B[i]), time=float(spent[i]),
+                             source=INHOUSE_SOURCE.get(verdict, method_of[i]))
 
 
 def certify_dataset(cascade: Cascade, dataset, indices: Sequence[int], batch: int, device: str | torch.device = "cpu",

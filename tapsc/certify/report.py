@@ -1,14 +1,17 @@
 """Certification results on disk and on screen: certify.json, the per-sample CSV, a Rich table.
 
-``certify.json`` holds the settings, the summary (counts and rates) and the verdict of
-every sample; ``certify.csv`` holds one row per sample (index, label, prediction,
-verdict, method, margin bound, time). `read_verdicts` reads either back, which is how
-``tapsc export --only-unknown`` and ``tapsc certify --merge`` find the in-house verdicts.
+``certify.json`` holds the settings (with the provenance a merge checks), the summary
+(counts and rates) and the verdict of every sample, and after ``tapsc certify --merge``
+the merged results files, problems and conflicts; ``certify.csv`` holds one row per
+sample (index, label, prediction, verdict, method, source, margin bound, time). Both are
+written atomically. `read_verdicts` reads either back, which is how ``tapsc export
+--only-unknown`` and ``tapsc certify --merge`` find the verdicts.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +21,7 @@ from rich.table import Table
 from tapsc.certify.cascade import SampleVerdict
 from tapsc.errors import Diagnostic, TapscError
 
-CSV_FIELDS = ("index", "label", "prediction", "verdict", "method", "margin_bound", "time")
+CSV_FIELDS = ("index", "label", "prediction", "verdict", "method", "source", "margin_bound", "time")
 JSON_NAME, CSV_NAME = "certify.json", "certify.csv"
 
 
@@ -46,19 +49,38 @@ def summarize(verdicts: Sequence[SampleVerdict], methods: Sequence[str]) -> dict
             "seconds": seconds, "seconds_per_sample": seconds / total if total else 0.0}
 
 
-def write_results(out_dir: Path, verdicts: Sequence[SampleVerdict], summary: dict, settings: dict) -> tuple[Path, Path]:
-    """Write certify.json and certify.csv into ``out_dir``; returns both paths."""
+def write_results(out_dir: Path, verdicts: Sequence[SampleVerdict], summary: dict, settings: dict,
+                  extra: dict | None = None) -> tuple[Path, Path]:
+    """Write certify.json (with ``extra`` keys, e.g. merges) and certify.csv into ``out_dir``, atomically."""
+    from tapsc.rundir import atomic_write_text
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / JSON_NAME, out_dir / CSV_NAME
-    document = {"settings": settings, "summary": summary, "samples": [v.row() for v in verdicts]}
-    json_path.write_text(json.dumps(document, indent=2) + "\n")
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for verdict in verdicts:
-            writer.writerow({**verdict.row(), "method": verdict.method or ""})
+    document = {"settings": settings, "summary": summary, "samples": [v.row() for v in verdicts], **(extra or {})}
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for verdict in verdicts:
+        writer.writerow({**verdict.row(), "method": verdict.method or "", "source": verdict.source or ""})
+    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(csv_path, table.getvalue())
     return json_path, csv_path
+
+
+def read_document(path: Path) -> dict:
+    """The whole certify.json (settings, summary, samples, merges) of a folder or file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSON_NAME
+    if not path.is_file() or path.suffix != ".json":
+        raise TapscError(Diagnostic(code="no-certify-results", message=f"no certification results at {path}",
+                                    help="run `tapsc certify RUN_DIR` first (merging needs its certify.json)"))
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise TapscError(Diagnostic(code="bad-certify-results", message=f"{path} is not JSON: {error}",
+                                    help="run `tapsc certify RUN_DIR` again")) from None
 
 
 def read_verdicts(path: Path) -> list[SampleVerdict]:
@@ -85,7 +107,7 @@ def _verdict_from_row(row: dict) -> SampleVerdict:
     return SampleVerdict(index=int(row["index"]), label=int(row["label"]), prediction=int(row["prediction"]),
                          verdict=row["verdict"], method=row.get("method") or None,
                          margin_bound=number("margin_bound"), attack_margin=number("attack_margin"),
-                         time=number("time") or 0.0)
+                         time=number("time") or 0.0, source=row.get("source") or None)
 
 
 def summary_table(summary: dict, title: str = "certification") -> Table:

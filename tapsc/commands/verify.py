@@ -28,6 +28,18 @@ class Target:
     network: object
     out_dir: Path
     source: str
+    checkpoint: Path
+
+    def provenance(self, eps: float) -> dict:
+        """What certify.json and an export's manifest.json record, and a merge compares."""
+        import hashlib
+
+        from tapsc.export.benchmark import file_sha256
+
+        spec = self.spec
+        return {"eps": eps, "norm": spec.perturbation.norm, "dataset": spec.data.dataset, "split": "test",
+                "test_subset": spec.data.test_subset, "checkpoint_sha256": file_sha256(self.checkpoint),
+                "spec_sha256": hashlib.sha256(spec.model_dump_json().encode()).hexdigest()}
 
 
 def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -> Target:
@@ -38,7 +50,7 @@ def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -
             raise TapscError(Diagnostic(code="checkpoint-with-run", message="`--checkpoint` goes with a spec file",
                                         help=f"use `--which best|last` to pick a checkpoint of {target}"))
         spec, network = rundir.load_run(target, which, device=device)
-        return Target(spec, network, target, f"{target} ({which} checkpoint)")
+        return Target(spec, network, target, f"{target} ({which} checkpoint)", rundir.resolve_checkpoint(target, which))
     if not target.is_file():
         raise TapscError(Diagnostic(code="missing-target", message=f"{target} is neither a run directory nor a spec",
                                     help="pass a folder made by `tapsc run`, or a .taps file with `--checkpoint`"))
@@ -56,7 +68,7 @@ def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -
         raise TapscError(Diagnostic(code="checkpoint-mismatch", message=f"{checkpoint} does not fit the model of "
                                     f"{target}: {str(error).splitlines()[0]}",
                                     help="use the spec the checkpoint was trained from")) from None
-    return Target(spec, network.to(device).eval(), checkpoint.parent, f"{target} + {checkpoint}")
+    return Target(spec, network.to(device).eval(), checkpoint.parent, f"{target} + {checkpoint}", checkpoint)
 
 
 def _check_target(target: Path, checkpoint: Optional[Path]) -> None:
@@ -121,16 +133,22 @@ def certify_command(
     device: str = common.DEVICE,
     eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default perturbation.eps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for certify.json/.csv (default: the run)."),
-    merge: Optional[Path] = typer.Option(None, "--merge", help="Verifier results (CSV, or a folder of result files)."),
+    merge: Optional[list[Path]] = typer.Option(None, "--merge", help="Verifier results (a CSV, or a folder of "
+                                               "result files); repeat for several."),
+    tool: Optional[list[str]] = typer.Option(None, "--tool", help="The verifier of each --merge, in order "
+                                             "(default `verifier`)."),
     benchmark: Optional[Path] = typer.Option(None, "--benchmark", help="The exported folder (default OUT/vnncomp)."),
     data_root: Optional[str] = common.DATA_ROOT,
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
                                                  help="Shard the samples over N local processes (GPUs)."),
 ) -> None:
     """Certify test samples in-house (attack, IBP, CROWN-IBP, CROWN), or merge a verifier's results."""
-    if merge is not None:
+    if merge:
         base = out or (target if target.is_dir() else checkpoint.parent if checkpoint else Path("."))
-        return _merge(base, merge, benchmark)
+        return _merge(base, merge, tool or [], benchmark)
+    if tool:
+        raise TapscError(Diagnostic(code="tool-without-merge", message="`--tool` names the verifier of a `--merge`",
+                                    help="add `--merge RESULTS` for each `--tool`"))
     from tapsc import distributed
 
     chosen = _parse_methods(methods)
@@ -184,7 +202,8 @@ def _certify(target, checkpoint, which, samples, span, random, seed, chosen, bat
     verdicts = merge_shards(shards, indices)
     summary = summarize(verdicts, chosen)
     settings = {"source": loaded.source, "eps": radius, "methods": chosen, "seed": seed, "device": str(where),
-                "attack": spec.eval.attack.model_dump(mode="json"), "samples": len(indices)}
+                "attack": spec.eval.attack.model_dump(mode="json"), "samples": len(indices),
+                "provenance": loaded.provenance(radius)}
     if context.active:
         settings["processes"] = context.world_size
     json_path, csv_path = write_results(out or loaded.out_dir, verdicts, summary, settings)
@@ -206,29 +225,46 @@ def _progress(total: int, where: Console = console):
     return bar()
 
 
-def _merge(base: Path, results_path: Path, benchmark: Optional[Path]) -> None:
-    """Merge verifier results with the certify.json in ``base``; exit 2 on a soundness conflict."""
-    from tapsc.certify.merge import merge, read_results
-    from tapsc.certify.report import read_verdicts, summarize, summary_table
+def _merge(base: Path, results: list[Path], tools: list[str], benchmark: Optional[Path]) -> None:
+    """Check verifier results and merge them into the certify.json in ``base`` (accumulating);
+    exit 2 on a soundness conflict."""
+    from rich.table import Table
 
-    folder = benchmark or base / "vnncomp"
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise TapscError(Diagnostic(code="no-manifest", message=f"no {manifest_path}",
-                                    help="give the exported folder with `--benchmark DIR` (it holds manifest.json)"))
-    verdicts = read_verdicts(base)
-    manifest = json.loads(manifest_path.read_text())
-    merged, conflicts, counts = merge(verdicts, manifest, read_results(results_path))
-    methods = sorted({v.method for v in merged if v.method and v.method != "verifier"}) + ["verifier"]
-    summary = summarize(merged, methods)
-    (base / "merged.json").write_text(json.dumps({
-        "verifier_results": counts, "conflicts": [c.__dict__ for c in conflicts], "summary": summary,
-        "samples": [v.row() for v in merged]}, indent=2) + "\n")
-    console.print(f"verifier results: {counts}")
-    console.print(summary_table(summary, title="in-house + verifier"))
-    if conflicts:
-        lines = "\n".join(escape(c.message()) for c in conflicts)
-        console.print(Panel(lines, title=f"{len(conflicts)} SOUNDNESS CONFLICT(S)", style="bold red"))
+    from tapsc.certify.merge import MergedFile, ResultsFile, check_provenance, load_benchmark, merge
+    from tapsc.certify.report import read_document, read_verdicts, summarize, summary_table, write_results
+
+    if tools and len(tools) != len(results):
+        raise TapscError(Diagnostic(code="tool-count", message=f"{len(results)} `--merge` but {len(tools)} `--tool`",
+                                    help="give one `--tool NAME` per `--merge RESULTS`, in the same order"))
+    document = read_document(base)
+    verdicts = read_verdicts(base / "certify.json")
+    bench = load_benchmark(benchmark or base / "vnncomp")
+    check_provenance(document.get("settings", {}), bench)
+    sources = [ResultsFile(path, name) for path, name in zip(results, tools or ["verifier"] * len(results))]
+    previous = [MergedFile.from_row(row) for row in document.get("merges", [])]
+    report = merge(verdicts, bench, sources, previous)
+    settings = document.get("settings", {})
+    methods = list(settings.get("methods", [])) + list(dict.fromkeys(f.tool for f in report.files))
+    summary = summarize(report.verdicts, methods)
+    json_path, _ = write_results(base, report.verdicts, summary, settings, extra={
+        "merges": [f.row() for f in report.files],
+        "problems": [p.__dict__ for p in report.problems],
+        "conflicts": [c.__dict__ for c in report.conflicts]})
+    table = Table(title="merged verifier results")
+    for column in ("tool", "results", "answers"):
+        table.add_column(column)
+    for file in report.files:
+        table.add_row(escape(file.tool), escape(file.path), escape(", ".join(f"{k} {v}" for k, v in
+                                                                            file.counts().items())))
+    console.print(table)
+    console.print(summary_table(summary, title="in-house + verifiers"))
+    console.print(f"wrote {escape(str(json_path))} (and certify.csv)")
+    if report.problems:
+        lines = "\n".join(escape(p.message()) for p in report.problems)
+        console.print(Panel(lines, title=f"{len(report.problems)} answer(s) not counted", style="yellow"))
+    if report.conflicts:
+        lines = "\n".join(escape(c.message()) for c in report.conflicts)
+        console.print(Panel(lines, title=f"{len(report.conflicts)} SOUNDNESS CONFLICT(S)", style="bold red"))
         raise typer.Exit(code=2)
 
 
@@ -273,7 +309,8 @@ def export_command(
     folder = out or loaded.out_dir / "vnncomp"
     parity = torch.stack([test_set[i][0] for i in range(min(len(test_set), 100))]).float()
     report = write_benchmark(folder, loaded.network, chosen, radius, timeout or spec.export.timeout,
-                             spec.export.opset, onnx=onnx, vnnlib=vnnlib, parity_inputs=parity)
+                             spec.export.opset, onnx=onnx, vnnlib=vnnlib, parity_inputs=parity,
+                             provenance=loaded.provenance(radius))
     _print_export(report)
 
 

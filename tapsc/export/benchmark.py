@@ -3,7 +3,9 @@
     OUT/onnx/net.onnx
     OUT/vnnlib/prop_<sample index>.vnnlib
     OUT/instances.csv     no header; onnx/net.onnx,vnnlib/prop_17.vnnlib,TIMEOUT
-    OUT/manifest.json     instance -> sample index, label, eps, tapsc's own verdict
+    OUT/manifest.json     instance -> sample index, label, eps, tapsc's own verdict; the
+                          provenance (eps, norm, data split, checkpoint and spec sha256) and
+                          the ONNX file's sha256, which `tapsc certify --merge` checks
 
 VNN-COMP caps a benchmark's summed timeouts at 6 hours; when the instances would
 exceed it, the per-instance timeout is lowered to fit and a warning says so. Timeouts
@@ -13,6 +15,7 @@ instances.csv and manifest.json hold the same number, formatted by `timeout_text
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -51,6 +54,15 @@ class BenchmarkReport:
     skipped_misclassified: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     onnx: OnnxReport | None = None
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def capped_timeout(count: int, timeout: float) -> tuple[int | float, str | None]:
@@ -107,11 +119,14 @@ def correctly_classified(network: nn.Module, samples: Sequence[Sample]) -> tuple
 
 def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample], eps: float, timeout: float,
                     opset: int = 13, onnx: bool = True, vnnlib: bool = True,
-                    parity_inputs: torch.Tensor | None = None) -> BenchmarkReport:
+                    parity_inputs: torch.Tensor | None = None, provenance: dict | None = None) -> BenchmarkReport:
     """Write the VNN-COMP folder for ``samples`` (misclassified ones are skipped).
 
     Args:
         parity_inputs: real inputs for the onnxruntime check (default: the samples).
+        provenance: what the benchmark was made from (eps, norm, dataset, split,
+            checkpoint_sha256, spec_sha256), copied into manifest.json; ``tapsc certify
+            --merge`` refuses results whose manifest does not match certify.json's.
     """
     out_dir = Path(out_dir)
     kept, dropped = correctly_classified(network, samples)
@@ -124,12 +139,12 @@ def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample]
     elif vnnlib and not (out_dir / "onnx" / ONNX_NAME).exists():
         report.warnings.append(f"{out_dir / 'onnx' / ONNX_NAME} does not exist yet; add --onnx")
     if vnnlib:
-        _write_properties(out_dir, kept, eps, per_instance, network.num_classes)
+        _write_properties(out_dir, kept, eps, per_instance, network.num_classes, provenance or {})
     return report
 
 
 def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, timeout: int | float,
-                      num_classes: int):
+                      num_classes: int, provenance: dict):
     folder = out_dir / "vnnlib"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("prop_*.vnnlib"):  # a previous export's properties would mislead
@@ -144,7 +159,10 @@ def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, time
         instances.append({"onnx": f"onnx/{ONNX_NAME}", "vnnlib": name, "index": sample.index,
                           "label": sample.label, "eps": eps, "timeout": timeout, "verdict": sample.verdict})
     (out_dir / "instances.csv").write_text("".join(rows))
+    onnx_file = out_dir / "onnx" / ONNX_NAME
     manifest = {"format": "vnncomp", "onnx": f"onnx/{ONNX_NAME}", "eps": eps, "norm": "linf",
+                "onnx_sha256": file_sha256(onnx_file) if onnx_file.is_file() else None,
+                "provenance": {**provenance, "eps": eps, "norm": "linf"},
                 "input_units": "[0, 1] pixels (normalisation is inside the ONNX graph)",
                 "result_meaning": "unsat = robust, sat = counterexample", "instances": instances}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

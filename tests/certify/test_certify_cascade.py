@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tapsc import ir
 from tapsc.certify.cascade import Cascade, SampleVerdict, select_indices
-from tapsc.certify.merge import merge, read_results
+from tapsc.certify.merge import Checked, MergedFile, combine
 from tapsc.certify.report import read_verdicts, summarize, write_results
 
 ATTACK = ir.InputAttack(steps=10, restarts=1, loss="margin")
@@ -90,39 +90,33 @@ def test_summary_and_results_round_trip(tmp_path):
     assert read_verdicts(json_path) == VERDICTS
     from_csv = read_verdicts(csv_path)
     assert [(v.index, v.verdict, v.method) for v in from_csv] == [(v.index, v.verdict, v.method) for v in VERDICTS]
-    assert csv_path.read_text().splitlines()[0] == "index,label,prediction,verdict,method,margin_bound,time"
+    assert csv_path.read_text().splitlines()[0] == "index,label,prediction,verdict,method,source,margin_bound,time"
 
 
-def manifest(indices):
-    return {"instances": [{"vnnlib": f"vnnlib/prop_{i}.vnnlib", "index": i} for i in indices]}
+def answer(index, outcome, tool="v", word=None, rejected=False):
+    return Checked(tool, "results.csv", index, "onnx/net.onnx", f"vnnlib/prop_{index}.vnnlib", word or outcome,
+                   outcome, rejected=rejected, reason="bad witness" if rejected else None)
 
 
-def test_merge_combines_and_reports_conflicts(tmp_path):
-    results = tmp_path / "results.csv"
-    results.write_text("benchmark,onnx,vnnlib,prepare,result,time\n"
-                       "tapsc,onnx/net.onnx,vnnlib/prop_2.vnnlib,0.1,unsat,3.2\n"
-                       "tapsc,onnx/net.onnx,vnnlib/prop_3.vnnlib,0.1,sat,1.0\n"
-                       "tapsc,onnx/net.onnx,vnnlib/prop_6.vnnlib,0.1,timeout,300\n"
-                       "tapsc,onnx/net.onnx,vnnlib/prop_4.vnnlib,0.1,unsat,2.0\n"
-                       "tapsc,onnx/net.onnx,vnnlib/prop_0.vnnlib,0.1,sat,2.0\n")
-    merged, conflicts, counts = merge(VERDICTS, manifest([0, 2, 3, 4, 6]), read_results(results))
-    assert counts == {"unsat": 2, "sat": 2, "timeout": 1}
-    assert [(v.index, v.verdict, v.method) for v in merged if v.index in (2, 3, 6)] == [
-        (2, "certified", "verifier"), (3, "falsified", None), (6, "unknown", None)]
-    assert sorted((c.index, c.tapsc, c.verifier) for c in conflicts) == [
-        (0, "certified", "sat"), (4, "falsified", "unsat")]
-    summary = summarize(merged, ["ibp", "crown", "verifier"])
+def test_combine_counts_checked_answers_and_reports_conflicts():
+    """VERDICTS: 0, 1 certified; 2, 3, 6 unknown; 4 falsified; 5 misclassified."""
+    files = [MergedFile("neuralsat", "a.csv", "h1", "bench", [
+        answer(2, "unsat", "neuralsat"), answer(3, "sat", "neuralsat"), answer(6, "unknown", "neuralsat", "timeout"),
+        answer(4, "unsat", "neuralsat"), answer(0, "sat", "neuralsat")]),
+        MergedFile("marabou", "b.csv", "h2", "bench", [answer(3, "unsat", "marabou"),
+                                                         answer(6, "unknown", "marabou", "sat", rejected=True)])]
+    merged, problems, conflicts = combine(VERDICTS, files)
+    assert [(v.index, v.verdict, v.method, v.source) for v in merged if v.index in (2, 3, 6)] == [
+        (2, "certified", "neuralsat", "neuralsat"), (3, "falsified", None, "neuralsat"), (6, "unknown", None, None)]
+    assert sorted((c.index, c.proved_by, c.falsified_by) for c in conflicts) == [
+        (0, "tapsc (ibp)", "neuralsat (checked witness)"), (3, "marabou", "neuralsat (checked witness)"),
+        (4, "neuralsat", "tapsc (falsified)")]
+    assert [(p.tool, p.instance) for p in problems] == [("marabou", "vnnlib/prop_6.vnnlib")]
+    summary = summarize(merged, ["ibp", "crown", "neuralsat"])
     assert summary["counts"]["certified"] == 3  # 2 in-house + 1 verifier; sample 0 keeps its verdict
-
-
-def test_merge_reads_one_result_file_per_instance(tmp_path):
-    folder = tmp_path / "results"
-    folder.mkdir()
-    (folder / "prop_2.txt").write_text("unsat\n")
-    (folder / "prop_3.vnnlib.result").write_text("sat\n((X_0 0.5)\n (Y_0 1.0))\n")
-    assert read_results(folder) == {"prop_2": "unsat", "prop_3": "sat"}
-    merged, conflicts, _ = merge(VERDICTS, manifest([2, 3]), read_results(folder))
-    assert not conflicts and merged[2].verdict == "certified" and merged[3].verdict == "falsified"
+    # a merged verdict goes back to unknown before the answers are combined again: no answers, no change
+    again, _, _ = combine(merged, [])
+    assert [(v.verdict, v.source) for v in again] == [(v.verdict, v.source) for v in VERDICTS]
 
 
 def test_certified_metric_agrees_with_the_bounds():

@@ -7,47 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 from cli_helpers import invoke
+from tiny_run import SPEC, make_run
 
 from tapsc import rundir
-from tapsc.compile import compile_network
-from tapsc.data import load_dataset
-from tapsc.spec import load_spec_text
-
-SPEC = """\
-data digits { batch 64; test_subset 40 }
-model { input (1, 8, 8); conv(4, kernel = 3, padding = 1); batchnorm; relu; maxpool(kernel = 2)
-        flatten; linear(24); relu; linear(10) }
-perturbation linf { eps 0.02 }
-method { phase natural }
-optimizer adam { lr 1e-2; epochs 1 }
-eval { attack pgd(steps = 8, restarts = 1, margin); batch 16 }
-export { samples 30; timeout 2000 }
-"""
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run directory holding a briefly trained network (plain CE, a few hundred steps)."""
-    folder = tmp_path_factory.mktemp("run") / "run"
-    spec = load_spec_text(SPEC)
-    torch.manual_seed(0)
-    network = compile_network(spec)
-    train = load_dataset(spec.data, train=True, shape=(1, 8, 8))
-    x = torch.stack([train[i][0] for i in range(len(train))])
-    y = torch.tensor([train[i][1] for i in range(len(train))])
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
-    for step in range(150):
-        rows = torch.randint(0, len(y), (64,))
-        loss = F.cross_entropy(network(x[rows]), y[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    rundir.create(folder, spec, SPEC)
-    rundir.save_checkpoint(rundir.checkpoint_path(folder, "best"), {"model": network.state_dict()})
-    return folder
+    return make_run(tmp_path_factory.mktemp("run") / "run")
 
 
 def test_certify_writes_json_and_csv(run_dir):
@@ -74,21 +42,24 @@ def test_export_then_merge_round_trip(run_dir, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     verdicts = {s["index"]: s["verdict"] for s in json.loads((run_dir / "certify.json").read_text())["samples"]}
     assert all(m["verdict"] == verdicts[m["index"]] for m in manifest["instances"])
-    # a verifier agreeing with every in-house verdict, and proving the unknown ones robust
+    # a verifier proving the certified and unknown samples robust (a sat without a witness never counts)
     answers = {"certified": "unsat", "unknown": "unsat", "falsified": "sat"}
     results = tmp_path / "results.csv"
     results.write_text("".join(f"{m['vnnlib']},{answers[m['verdict']]}\n" for m in manifest["instances"]))
-    merged = invoke("certify", run_dir, "--merge", results, "--benchmark", out)
+    merged = invoke("certify", run_dir, "--merge", results, "--benchmark", out, "--tool", "neuralsat")
     assert merged.exit_code == 0, merged.output
-    combined = json.loads((run_dir / "merged.json").read_text())
+    combined = json.loads((run_dir / "certify.json").read_text())
     assert not combined["conflicts"]
+    assert len(combined["problems"]) == sum(m["verdict"] == "falsified" for m in manifest["instances"])
     unknown_in_bench = sum(m["verdict"] == "unknown" for m in manifest["instances"])
-    before = json.loads((run_dir / "certify.json").read_text())["summary"]["counts"]["certified"]
+    before = sum(v == "certified" for v in verdicts.values())
     assert combined["summary"]["counts"]["certified"] == before + unknown_in_bench
-    # a verifier claiming a counterexample for a certified sample is a loud conflict
-    certified = [m for m in manifest["instances"] if m["verdict"] == "certified"]
-    if certified:
-        results.write_text(f"{certified[0]['vnnlib']},sat\n")
+    assert combined["summary"]["certified_by"]["neuralsat"] == unknown_in_bench
+    assert [m["tool"] for m in combined["merges"]] == ["neuralsat"]
+    # a verifier proving a sample the attack falsified is a loud conflict
+    falsified = [m for m in manifest["instances"] if m["verdict"] == "falsified"]
+    if falsified:
+        results.write_text(f"{falsified[0]['vnnlib']},unsat\n")
         conflict = invoke("certify", run_dir, "--merge", results, "--benchmark", out)
         assert conflict.exit_code == 2 and "SOUNDNESS CONFLICT" in conflict.output
 

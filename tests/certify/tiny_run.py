@@ -1,0 +1,45 @@
+"""A run directory holding a small digits network trained in a few seconds (plain CE), shared
+by the certify/export/merge CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tapsc import rundir
+from tapsc.compile import compile_network
+from tapsc.data import load_dataset
+from tapsc.spec import load_spec_text
+
+SPEC = """\
+data digits { batch 64; test_subset 40 }
+model { input (1, 8, 8); conv(4, kernel = 3, padding = 1); batchnorm; relu; maxpool(kernel = 2)
+        flatten; linear(24); relu; linear(10) }
+perturbation linf { eps 0.02 }
+method { phase natural }
+optimizer adam { lr 1e-2; epochs 1 }
+eval { attack pgd(steps = 8, restarts = 1, margin); batch 16 }
+export { samples 30; timeout 2000 }
+"""
+
+
+def make_run(folder: Path) -> Path:
+    """``folder`` made a run directory with a best checkpoint (150 Adam steps of cross-entropy)."""
+    spec = load_spec_text(SPEC)
+    torch.manual_seed(0)
+    network = compile_network(spec)
+    train = load_dataset(spec.data, train=True, shape=(1, 8, 8))
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    y = torch.tensor([train[i][1] for i in range(len(train))])
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    for _ in range(150):
+        rows = torch.randint(0, len(y), (64,))
+        loss = F.cross_entropy(network(x[rows]), y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    rundir.create(folder, spec, SPEC)
+    rundir.save_checkpoint(rundir.checkpoint_path(folder, "best"), {"model": network.state_dict()})
+    return folder
