@@ -184,3 +184,97 @@ def test_too_many_terms_for_a_rounding_bound_is_an_error():
     with pytest.raises(ValueError, match="too many"):
         rounding.error_factor(10**6, torch.float32)
     assert rounding.error_factor(10**6, torch.float64) < 1e-9
+
+
+
+# ---------------------------------------------------------------- rules in exact arithmetic
+
+def _fr(t: torch.Tensor) -> list:
+    return [Fraction(v) for v in t.double().flatten().tolist()]
+
+
+def _linear_exact(weight, bias):
+    W = [[Fraction(v) for v in row] for row in weight.double().tolist()]
+    b = [Fraction(v) for v in bias.double().tolist()]
+    return lambda x: [sum(wi * xi for wi, xi in zip(row, x)) + bi for row, bi in zip(W, b)]
+
+
+def _full_mantissa(shape, generator, scale=1.0):
+    """float64 values whose products and sums round (random 53-bit significands)."""
+    return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale) * (1 + 2.0**-30 * torch.pi)
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu"])
+def test_backward_rules_hold_in_exact_arithmetic(kind):
+    """A . layer(x) >= A_in . x + bias - error with every quantity read as the exact rational
+    value of its float: at every vertex of the box (and 0 where it lies inside, the ReLU's
+    kink), over many random rows whose products round. Catches a missing rounding term."""
+    from tapsc.certify import rules
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(7)
+    worst = None
+    for trial in range(150):
+        if kind == "linear":
+            layer = nn.Linear(3, 4).double()
+            with torch.no_grad():  # float32 weights, as stored
+                layer.weight.copy_(torch.randn(4, 3, generator=generator).float() * 10**(trial % 4))
+                layer.bias.copy_(torch.randn(4, generator=generator).float() * 10**(trial % 4))
+            exact = _linear_exact(layer.weight, layer.bias)
+            rule = rules.affine_backward
+        else:
+            layer = nn.ReLU()
+            exact = lambda x: [max(v, Fraction(0)) for v in x]  # noqa: E731
+            rule = rules.relu_backward
+        centre = _full_mantissa((1, 3), generator)
+        radius = torch.rand((1, 3), generator=generator, dtype=torch.float64) + 0.01
+        lo, hi = centre - radius, centre + radius
+        A = _full_mantissa((1, 2, 4 if kind == "linear" else 3), generator)
+        A_in, bias, error = rule(layer, A, lo, hi)
+        A_f, A_in_f, bias_f, error_f = _fr(A), _fr(A_in), _fr(bias), _fr(error)
+        los, his = _fr(lo), _fr(hi)
+        axes = [[a, b] + ([Fraction(0)] if a < 0 < b else []) for a, b in zip(los, his)]
+        Y = len(A_f) // 2
+        for x in __import__("itertools").product(*axes):
+            y = exact(list(x))
+            for s in range(2):
+                lhs = sum(a * v for a, v in zip(A_f[s * Y:(s + 1) * Y], y))
+                rhs = sum(a * v for a, v in zip(A_in_f[s * 3:(s + 1) * 3], x)) + bias_f[s] - error_f[s]
+                gap = lhs - rhs
+                worst = gap if worst is None else min(worst, gap)
+    assert worst >= 0, f"{kind}: the rule's bound exceeds A . layer(x) by {float(-worst):.3g} in exact arithmetic"
+
+
+def test_margin_bounds_of_affine_nets_are_below_the_exact_minimum():
+    """Without unstable ReLUs, CROWN's bound is the exact minimum over the box (attained at a
+    vertex), so any missing rounding term shows: compare with the rational minimum."""
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        scale = 10.0 ** (trial % 5 - 1)
+        model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)
+        x = torch.rand((1, 5), generator=generator)
+        labels = torch.tensor([trial % 3])
+        eps = 0.05
+        lo, hi = rounding.perturbation_box(x, eps)
+        W1, b1 = ([[Fraction(v) for v in r] for r in t.double().tolist()] if t.dim() == 2 else _fr(t)
+                  for t in (model[0].weight, model[0].bias))
+        W2, b2 = ([[Fraction(v) for v in r] for r in t.double().tolist()] if t.dim() == 2 else _fr(t)
+                  for t in (model[1].weight, model[1].bias))
+        los = [max(Fraction(v) - Fraction(eps), Fraction(0)) for v in x.double().flatten().tolist()]
+        his = [min(Fraction(v) + Fraction(eps), Fraction(1)) for v in x.double().flatten().tolist()]
+        y = int(labels)
+        for method in ("crown_ibp", "crown"):
+            bound = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)[0]
+            for j_row, j in enumerate(k for k in range(3) if k != y):
+                c = [W2[y][k] - W2[j][k] for k in range(4)]
+                coef = [sum(c[k] * W1[k][i] for k in range(4)) for i in range(5)]
+                const = sum(c[k] * b1[k] for k in range(4)) + b2[y] - b2[j]
+                exact_min = const + sum(min(a * lo_, a * hi_) for a, lo_, hi_ in zip(coef, los, his))
+                got = Fraction(bound[j_row].item())
+                assert got <= exact_min, f"trial {trial} {method}: bound above the exact minimum"
+                assert float(exact_min - got) <= 1e-9 * (1 + scale**2), "the bound should be tight here"
