@@ -17,6 +17,7 @@ from typing import Iterator, Union
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
+from tapsc import limits
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.ir import Span
 
@@ -105,18 +106,53 @@ def grammar_text() -> str:
         return source_tree.read_text(encoding="utf-8")
 
 
+class _TooDeep(Exception):
+    """Raised by the post-lexer at the token that nests past `limits.NESTING_DEPTH`."""
+
+    def __init__(self, token: Token):
+        super().__init__(str(token))
+        self.token = token
+
+
+_OPENERS = ("LPAR", "LBRACE")
+_CLOSERS = ("RPAR", "RBRACE")
+_OPERATORS = ("PLUS", "MINUS", "STAR", "SLASH")
+
+
 class _Separators:
-    """Post-lexer: newlines inside parentheses are not separators, and `}` ends a statement."""
+    """Post-lexer: newlines inside parentheses are not separators, and `}` ends a statement.
+
+    It also bounds how deep the syntax tree can grow, before the parser builds it: the
+    tree's depth is at most the open brackets plus the operators of the expression at each
+    level (`a * b * c` and `- - x` nest one node per operator), and every stage after the
+    parser walks the tree recursively.
+    """
 
     always_accept: tuple[str, ...] = ()
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         depth = 0
+        operators = [0]  # operators in the current expression, one entry per open bracket
+        nesting = 0  # open brackets plus every entry of `operators`
         after_brace: Token | None = None
         for token in stream:
             if after_brace is not None and token.type not in ("_SEP", "RBRACE"):
                 yield Token.new_borrow_pos("_SEP", ";", after_brace)
             after_brace = token if token.type == "RBRACE" else None
+            if token.type in _OPENERS:
+                operators.append(0)
+                nesting += 1
+            elif token.type in _CLOSERS and len(operators) > 1:
+                nesting -= 1 + operators.pop()
+            elif token.type in _OPERATORS:
+                operators[-1] += 1
+                nesting += 1
+            elif token.type in ("COMMA", "EQUAL") or token.type == "_SEP" and depth == 0:
+                # An expression ends (a newline inside parentheses is dropped, so it ends none).
+                nesting -= operators[-1]
+                operators[-1] = 0
+            if nesting > limits.NESTING_DEPTH.value:
+                raise _TooDeep(token)
             if token.type == "LPAR":
                 depth += 1
             elif token.type == "RPAR":
@@ -149,6 +185,9 @@ def parse_tree(text: str, filename: str = "<string>", start: str = "start") -> T
         return parser().parse(text, start=start)
     except UnexpectedInput as error:
         raise TapscError(syntax_diagnostic(error, text, filename, start)) from None
+    except _TooDeep as error:
+        raise TapscError(limits.NESTING_DEPTH.diagnostic(
+            "this is nested too deeply", token_span(filename, error.token), label="too deep here")) from None
 
 
 def parse_file(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
@@ -213,13 +252,11 @@ class _ToNodes(Transformer):
         return Group(items=items, keywords=keywords, span=_span(self.filename, meta))
 
     def number(self, meta, children):
-        text = str(children[0])
-        value: int | float = int(text) if text.isdigit() else float(text)
-        return Number(value=value, span=_span(self.filename, meta))
+        span = _span(self.filename, meta)
+        return Number(value=number_value(str(children[0]), span), span=span)
 
     def string(self, meta, children):
-        raw = str(children[0])[1:-1]
-        return String(value=raw.encode("utf-8").decode("unicode_escape"), span=_span(self.filename, meta))
+        return String(value=unescape(str(children[0])[1:-1]), span=_span(self.filename, meta))
 
     def name(self, meta, children):
         return Name(value=str(children[0]), span=_span(self.filename, meta))
@@ -244,6 +281,43 @@ class _ToNodes(Transformer):
 @dataclass(frozen=True)
 class _Body:
     statements: tuple[Statement, ...]
+
+
+def number_value(text: str, span: Span) -> int | float:
+    """The value of a NUMBER token; beyond `limits.NUMBER_MAGNITUDE` it is a TapscError.
+
+    The digits are counted before converting: Python refuses to convert integers of more
+    than 4,300 digits, and a float of more than about 309 digits is infinite.
+    """
+    if text.isdigit():
+        too_large = len(text.lstrip("0")) > len(str(limits.NUMBER_MAGNITUDE.value)) or \
+            int(text) > limits.NUMBER_MAGNITUDE.value
+        value: int | float = 0 if too_large else int(text)
+    else:
+        value = float(text)  # `1e999` is inf, caught below
+        too_large = not abs(value) <= limits.NUMBER_MAGNITUDE.value
+    if too_large:
+        shown = text if len(text) <= 20 else f"{text[:8]}...{text[-8:]} ({len(text)} characters)"
+        raise TapscError(limits.NUMBER_MAGNITUDE.diagnostic(f"the number `{shown}` is too large", span))
+    return value
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+
+
+def unescape(raw: str) -> str:
+    """A string literal's text without its escapes; an unknown escape stays as written
+    (`"C:\\data"` keeps its backslash)."""
+    out, index = [], 0
+    while index < len(raw):
+        char = raw[index]
+        if char == "\\" and index + 1 < len(raw) and raw[index + 1] in _ESCAPES:
+            out.append(_ESCAPES[raw[index + 1]])
+            index += 2
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- syntax errors
@@ -338,6 +412,10 @@ def _point(filename: str, line: int, column: int, width: int = 1) -> Span:
 
 def _character_diagnostic(error: UnexpectedCharacters, text: str, span: Span) -> Diagnostic:
     char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else "?"
+    if not char.isprintable() or char.isspace():  # invisible: a byte-order mark, a control character
+        return Diagnostic(code="unexpected-character",
+                          message=f"unexpected invisible character U+{ord(char):04X}", span=span, label="here",
+                          help="delete it; editors can show invisible characters")
     if char == ":":
         return Diagnostic(code="unexpected-character", message="`:` is not .taps syntax", span=span,
                           label="write `name value` or `name = value`", help="for example `lr 5e-4` or `lr = 5e-4`")
