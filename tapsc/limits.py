@@ -32,8 +32,8 @@ class Limit:
 
 
 SOURCE_BYTES = Limit(
-    "spec-too-large", 1_000_000, "bytes per file",
-    "a spec is a few kilobytes; split it with `include` or check that the right file is named")
+    "spec-too-large", 200_000, "bytes per spec, its includes counted",
+    "a spec is a few kilobytes; check that the right files are named and not included over and over")
 NUMBER_MAGNITUDE = Limit(
     "number-too-large", 10**15, "in magnitude",
     "no setting needs a number this large; check for extra digits or a wrong exponent")

@@ -58,12 +58,12 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ir.Spec:
     return load_spec_text(text, str(path), overrides)
 
 
-def read_source(path: Path, filename: str) -> str:
+def read_source(path: Path, filename: str, budget: int = limits.SOURCE_BYTES.value) -> str:
     """The text of a spec file: UTF-8, an optional byte-order mark dropped.
 
-    Reads at most `limits.SOURCE_BYTES` (plus one, to tell), so `/dev/zero` or a
-    misnamed data file ends quickly, and never opens what is not a regular file (a FIFO
-    would block).
+    Reads at most ``budget`` bytes (plus one, to tell; `limits.SOURCE_BYTES` less what
+    the spec's other files used), so `/dev/zero` or a misnamed data file ends quickly,
+    and never opens what is not a regular file (a FIFO would block).
 
     Raises:
         OSError: the file is missing, unreadable or not a regular file.
@@ -73,12 +73,12 @@ def read_source(path: Path, filename: str) -> str:
     if path.exists() and not path.is_file():
         raise OSError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file")
     with open(path, "rb") as handle:
-        data = handle.read(limits.SOURCE_BYTES.value + 1)
+        data = handle.read(max(0, budget) + 1)
     data = data.removeprefix(codecs.BOM_UTF8)
-    if len(data) > limits.SOURCE_BYTES.value:
+    if len(data) > budget:
         _register_bytes(filename, data)
         raise TapscError(limits.SOURCE_BYTES.diagnostic(
-            f"`{filename}` is too large to be a spec", _byte_span(filename, data, limits.SOURCE_BYTES.value),
+            f"`{filename}` makes the spec too large", _byte_span(filename, data, max(0, budget)),
             label="the limit is reached here"))
     try:
         return data.decode("utf-8")
@@ -136,6 +136,7 @@ class _Loader:
         self.blocks: dict[str, BlockDef] = {}
         self.problems: list[Diagnostic] = []
         self.stack: list[Path] = []
+        self.bytes_read = 0  # of the spec and its includes, against limits.SOURCE_BYTES
 
     def apply_text(self, text: str, filename: str, library: bool = False) -> None:
         from tapsc.sections import apply_file
@@ -166,7 +167,8 @@ class _Loader:
                                             span=target.span, help=f"include chain: {chain}"))
             return
         try:
-            text = read_source(path, _display(path))
+            text = read_source(path, _display(path), limits.SOURCE_BYTES.value - self.bytes_read)
+            self.bytes_read += len(text.encode("utf-8"))
         except TapscError as error:
             self.problems.extend(error.diagnostics)
             return
@@ -195,6 +197,12 @@ def build_document(text: str, filename: str, overrides: Sequence[str] = ()):
 
     text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the spec
     loader = _Loader()
+    encoded = text.encode("utf-8")
+    loader.bytes_read = len(encoded)
+    if loader.bytes_read > limits.SOURCE_BYTES.value:  # text given directly, not read by read_source
+        register_source(filename, text)
+        span = _byte_span(filename, encoded, limits.SOURCE_BYTES.value)
+        raise TapscError(limits.SOURCE_BYTES.diagnostic(f"`{filename}` is too large", span))
     for name, library_text in library_files():
         loader.apply_text(library_text, name, library=True)
     if filename not in ("<string>",) and not filename.startswith("<"):

@@ -140,6 +140,18 @@ def test_file_too_large(tmp_path: Path):
     _limit_stated(_diagnose(path=path), limits.SOURCE_BYTES)
 
 
+def test_includes_count_towards_the_size(tmp_path: Path):
+    (tmp_path / "big.taps").write_text("#" * (limits.SOURCE_BYTES.value // 2) + "\n")
+    spec = tmp_path / "spec.taps"
+    spec.write_text('include "big.taps"\n' * 3 + QUICKSTART)
+    diagnostic = _diagnose(path=spec)
+    _limit_stated(diagnostic, limits.SOURCE_BYTES)
+    assert diagnostic.span.file.endswith("big.taps")
+    with pytest.raises(TapscError) as info:
+        load_spec_text(QUICKSTART + "#" * limits.SOURCE_BYTES.value)
+    _limit_stated(info.value.diagnostics[0], limits.SOURCE_BYTES)
+
+
 @pytest.mark.parametrize("name", ["relu", "conv", "repeat", "shortcut"])
 def test_block_named_like_a_layer(name: str):
     diagnostic = _diagnose(f"block {name} {{ flatten }}\n" + QUICKSTART)
