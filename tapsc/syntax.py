@@ -114,45 +114,63 @@ class _TooDeep(Exception):
         self.token = token
 
 
-_OPENERS = ("LPAR", "LBRACE")
-_CLOSERS = ("RPAR", "RBRACE")
 _OPERATORS = ("PLUS", "MINUS", "STAR", "SLASH")
+_TERM_START = ("NAME", "NUMBER", "STRING", "LPAR")
+_TERM_END = ("NAME", "NUMBER", "STRING", "RPAR")
+
+
+class _Nesting:
+    """Bounds the depth of the syntax tree before the parser builds it (every later stage
+    walks the tree recursively).
+
+    The depth is at most the open brackets plus, at each bracket level, the operators of
+    the expression being read there (`a * b * c` and `- - x` nest one node per operator).
+    An expression ends at `,`, `=`, a statement's end, or where the next word starts
+    (a value right after a value, as in `crop 32 pad 2`; `name(` is a call, not a new word).
+    """
+
+    def __init__(self) -> None:
+        self.operators = [0]  # one entry per open bracket
+        self.depth = 0  # open brackets plus every entry of `operators`
+        self.previous = ""
+
+    def feed(self, token: Token, in_parentheses: bool) -> None:
+        kind = token.type
+        new_word = kind in _TERM_START and self.previous in _TERM_END and \
+            not (kind == "LPAR" and self.previous == "NAME")
+        if new_word or kind in ("COMMA", "EQUAL") or kind == "_SEP" and not in_parentheses:
+            self.depth -= self.operators[-1]
+            self.operators[-1] = 0
+        if kind in ("LPAR", "LBRACE"):
+            self.operators.append(0)
+            self.depth += 1
+        elif kind in ("RPAR", "RBRACE") and len(self.operators) > 1:
+            self.depth -= 1 + self.operators.pop()
+        elif kind in _OPERATORS:
+            self.operators[-1] += 1
+            self.depth += 1
+        self.previous = kind
+        if self.depth > limits.NESTING_DEPTH.value:
+            raise _TooDeep(token)
 
 
 class _Separators:
-    """Post-lexer: newlines inside parentheses are not separators, and `}` ends a statement.
-
-    It also bounds how deep the syntax tree can grow, before the parser builds it: the
-    tree's depth is at most the open brackets plus the operators of the expression at each
-    level (`a * b * c` and `- - x` nest one node per operator), and every stage after the
-    parser walks the tree recursively.
-    """
+    """Post-lexer: newlines inside parentheses are not separators, and `}` ends a statement;
+    it also feeds `_Nesting`."""
 
     always_accept: tuple[str, ...] = ()
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         depth = 0
-        operators = [0]  # operators in the current expression, one entry per open bracket
-        nesting = 0  # open brackets plus every entry of `operators`
+        nesting = _Nesting()
         after_brace: Token | None = None
         for token in stream:
             if after_brace is not None and token.type not in ("_SEP", "RBRACE"):
-                yield Token.new_borrow_pos("_SEP", ";", after_brace)
+                separator = Token.new_borrow_pos("_SEP", ";", after_brace)
+                nesting.feed(separator, depth > 0)
+                yield separator
             after_brace = token if token.type == "RBRACE" else None
-            if token.type in _OPENERS:
-                operators.append(0)
-                nesting += 1
-            elif token.type in _CLOSERS and len(operators) > 1:
-                nesting -= 1 + operators.pop()
-            elif token.type in _OPERATORS:
-                operators[-1] += 1
-                nesting += 1
-            elif token.type in ("COMMA", "EQUAL") or token.type == "_SEP" and depth == 0:
-                # An expression ends (a newline inside parentheses is dropped, so it ends none).
-                nesting -= operators[-1]
-                operators[-1] = 0
-            if nesting > limits.NESTING_DEPTH.value:
-                raise _TooDeep(token)
+            nesting.feed(token, depth > 0)
             if token.type == "LPAR":
                 depth += 1
             elif token.type == "RPAR":

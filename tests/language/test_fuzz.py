@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import signal
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -145,7 +146,8 @@ def _structure_edit(rng: random.Random, data: bytes) -> tuple[str, bytes]:
     if kind == "blocks":  # each block calls the next twice: 2**depth layers
         depth = rng.choice([10, 30, 60])
         defs = b"".join(b"block f%d { f%d; f%d }\n" % (i, i + 1, i + 1) for i in range(depth))
-        return f"{depth} doubling blocks", defs + b"block f%d { relu }\n" % depth + data.replace(b"flatten", b"f0; flatten", 1)
+        defs += b"block f%d { relu }\n" % depth
+        return f"{depth} doubling blocks", defs + data.replace(b"flatten", b"f0; flatten", 1)
     at = rng.randrange(len(data) + 1)
     return f"brace at {at}", _splice(data, at, at, rng.choice([b"{", b"}", b"(", b")"]))
 
@@ -166,8 +168,8 @@ def mutate(rng: random.Random, data: bytes) -> tuple[list[str], bytes]:
 @contextlib.contextmanager
 def _deadline(seconds: float):
     """Raise TimeoutError in the main thread after ``seconds`` (a hang must fail, not stall the run)."""
-    if not hasattr(signal, "SIGALRM"):
-        yield
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield  # the elapsed time is still asserted afterwards
         return
 
     def alarm(signum, frame):
