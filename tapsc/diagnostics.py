@@ -17,6 +17,7 @@ files made for `--set` overrides; files not registered are read from disk.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -50,7 +51,11 @@ def _source_line(filename: str, line: int) -> str | None:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A help line: the closest choice if one is close, then every valid choice."""
-    choices = sorted(set(choices))
+    return _did_you_mean(word, tuple(sorted(set(choices))))
+
+
+@functools.lru_cache(maxsize=256)  # a block body expanded many times repeats its mistakes
+def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     listed = ", ".join(f"`{c}`" for c in choices)
     if close:

@@ -56,7 +56,8 @@ def _head(statement: Statement, field: str) -> Table:
 def _choice(value, choices: Sequence[str], what: str) -> str:
     text = plain(value)
     if not isinstance(text, str) or text not in choices:
-        raise Problem(f"unknown-{what}", f"unknown {what} `{text}`", value.span, help=did_you_mean(str(text), choices))
+        raise Problem(f"unknown-{what.replace(' ', '-')}", f"unknown {what} `{text}`", value.span,
+                      help=did_you_mean(str(text), choices))
     return text
 
 

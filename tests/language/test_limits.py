@@ -227,3 +227,20 @@ def test_check_and_help_never_import_torch():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+# ---------------------------------------------------------------- found by the long fuzz run
+
+
+def test_a_mistake_in_a_block_expanded_many_times_is_reported_once():
+    blocks = "".join(f"block f{i} {{ f{i + 1}; f{i + 1} }}\n" for i in range(40) if i != 30)
+    diagnostic = _diagnose(_with_layers("f0", blocks + "block f40 { relu }\n"))
+    assert diagnostic.code == "unknown-layer"
+    with pytest.raises(TapscError) as info:
+        load_spec_text(_with_layers("f0", blocks + "block f40 { relu }\n"))
+    assert [d.code for d in info.value.diagnostics].count("unknown-layer") == 2  # the two calls of f30
+
+
+def test_diagnostic_codes_have_no_spaces():
+    diagnostic = _diagnose(QUICKSTART.replace("validation 200", "validation 200\n  augment relu { hflip }"))
+    assert diagnostic.code == "unknown-augmentation-split"
