@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tapsc import ir
+from tapsc import ir, limits
 from tapsc.build_ir import BlockDef, Problem, Table, Val, bind, expect_positional, field_names, need_body, plain
 from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
@@ -40,7 +40,8 @@ LAYER_ALIASES = {
     "maxpool": {"pad": "padding"},
 }
 STRUCTURE = ("repeat", "residual", "split")
-MAX_LAYERS = 10_000  # a `repeat` beyond this is surely a typo, and would only exhaust memory
+# Names a block cannot take: the expander and `model` read these statements before blocks.
+RESERVED = (*LAYER_CLASSES, *STRUCTURE, "shortcut", "input", "input_shape")
 
 
 @dataclass
@@ -53,27 +54,64 @@ class Expansion:
 
 
 def expand_model(statements: tuple[Statement, ...], blocks: dict[str, BlockDef]) -> Expansion:
-    """Expand a model's layer statements (blocks, repeats, residuals, markers)."""
+    """Expand a model's layer statements (blocks, repeats, residuals, markers).
+
+    The work is bounded by `limits.LAYER_COUNT`, `limits.EXPANSION_STEPS` and
+    `limits.NESTING_DEPTH`; reaching one stops the expansion with one diagnostic at the
+    top-level statement that was being expanded.
+    """
     expansion = Expansion()
-    _Expander(blocks, expansion).expand(statements, {}, expansion.layers, top=True, site=None, stack=())
+    expander = _Expander(blocks, expansion)
+    for statement in statements:
+        try:
+            expander.expand((statement,), {}, expansion.layers, top=True, site=None, stack=())
+        except _Exhausted as stop:
+            expansion.problems.append(stop.limit.diagnostic(stop.message, statement.span))
+            break
     return expansion
+
+
+class _Exhausted(Exception):
+    """A limit of the whole expansion was reached; no later statement is expanded."""
+
+    def __init__(self, limit: limits.Limit, message: str):
+        super().__init__(message)
+        self.limit, self.message = limit, message
 
 
 class _Expander:
     def __init__(self, blocks: dict[str, BlockDef], expansion: Expansion):
         self.blocks = blocks
         self.expansion = expansion
+        self.steps = 0  # statements and repeat iterations visited, against limits.EXPANSION_STEPS
+        self.layers = 0  # layers made, residual bodies included, against limits.LAYER_COUNT
+        self.depth = 0  # nested expansions (repeat, residual, block calls), against limits.NESTING_DEPTH
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > limits.EXPANSION_STEPS.value:
+            raise _Exhausted(limits.EXPANSION_STEPS, "expanding this takes too many steps")
+
+    def count_layer(self) -> None:
+        self.layers += 1
+        if self.layers > limits.LAYER_COUNT.value:
+            raise _Exhausted(limits.LAYER_COUNT, "the model expands to too many layers")
 
     def expand(self, statements, env: dict[str, Any], out: list[Table], top: bool, site: Span | None,
                stack: tuple[str, ...]) -> None:
-        for statement in statements:
-            try:
-                self.statement(statement, env, out, top, site, stack)
-            except Problem as problem:
-                self.expansion.problems.append(problem.diagnostic)
-            if len(out) > MAX_LAYERS:
-                raise Problem("too-many-layers", f"the model expands to more than {MAX_LAYERS} layers",
-                              site or statement.span, help="check the counts of `repeat`")
+        self.depth += 1
+        try:
+            if self.depth > limits.NESTING_DEPTH.value:
+                raise _Exhausted(limits.NESTING_DEPTH, "the model nests `repeat`, `residual` and block calls "
+                                 "too deeply")
+            for statement in statements:
+                self.step()
+                try:
+                    self.statement(statement, env, out, top, site, stack)
+                except Problem as problem:
+                    self.expansion.problems.append(problem.diagnostic)
+        finally:
+            self.depth -= 1
 
     def statement(self, statement: Statement, env, out, top, site, stack) -> None:
         name = statement.name
@@ -112,8 +150,12 @@ class _Expander:
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
             raise Problem("bad-repeat", f"`repeat` needs a positive whole count, found `{times}`",
                           values["times"].span)
+        if times > limits.REPEAT_COUNT.value:
+            raise Problem.of(limits.REPEAT_COUNT.diagnostic(f"`repeat {times}` is too many", site or
+                                                            values["times"].span))
         body = need_body(statement, "repeat 2 { conv(128, kernel = 3, padding = 1); relu }")
         for _ in range(times):
+            self.step()  # an empty body is work too
             self.expand(body, env, out, top, site, stack)
 
     def residual(self, statement: Statement, env, site, stack) -> Table:
@@ -128,12 +170,14 @@ class _Expander:
             else:
                 self.expand((inner,), env, main, False, site, stack)
         where = site or statement.span
+        self.count_layer()
         return Table(kind=Val("residual", where), body=Val(main, where), shortcut=Val(shortcut, where), span=where)
 
     def layer(self, statement: Statement, env, where: Span) -> Table:
         if statement.body is not None:
             raise Problem("unexpected-block", f"`{statement.name}` takes no `{{ ... }}` block", statement.span)
         kind = statement.name
+        self.count_layer()
         names = field_names(LAYER_CLASSES[kind])
         bound = bind(statement, names, call=True, aliases=LAYER_ALIASES.get(kind))
         values = expect_positional(statement, bound, LAYER_POSITIONAL[kind])

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from tapsc import ir
+from tapsc import ir, limits
 from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
 from tapsc.ir import Span
@@ -86,6 +86,11 @@ class Problem(Exception):
         super().__init__(message)
         self.diagnostic = Diagnostic(code=code, message=message, span=span, help=help, label=label)
 
+    @classmethod
+    def of(cls, diagnostic: Diagnostic) -> "Problem":
+        """A Problem carrying a ready-made diagnostic (e.g. one of `tapsc.limits`)."""
+        return cls(diagnostic.code, diagnostic.message, diagnostic.span, diagnostic.help, diagnostic.label)
+
 
 # ---------------------------------------------------------------- values
 
@@ -114,6 +119,9 @@ def plain(value: Value, env: dict[str, Any] | None = None, scalar: bool = True) 
         if value.op == "/" and right == 0:
             raise Problem("division-by-zero", "division by zero", value.span)
         result = _ARITHMETIC[value.op](left, right)  # only the written operation: `x - 0` must not divide
+        if not abs(result) <= limits.NUMBER_MAGNITUDE.value:  # also catches inf and nan
+            raise Problem.of(limits.NUMBER_MAGNITUDE.diagnostic(f"`{value.op}` gives a number too large",
+                                                               value.span))
         return int(result) if isinstance(result, float) and value.op != "/" and result.is_integer() else result
     raise AssertionError(f"unknown syntax value {value!r}")
 

@@ -47,10 +47,12 @@ def user_errors_exit(fn: F) -> F:
 def _report_to_launcher(text: str) -> bool:
     """In a worker of ``--nproc-per-node``, leave the diagnostic to the launcher, which prints
     each distinct one once (every rank hits e.g. a missing dataset). False elsewhere."""
+    if not _is_distributed_worker():  # before importing tapsc.distributed, which imports torch
+        return False
     from tapsc import distributed
 
     folder = os.environ.get(distributed.ERROR_DIR_ENV)
-    if not folder or not _is_distributed_worker():
+    if not folder:
         return False
     try:
         distributed.write_worker_error(folder, int(os.environ["RANK"]), text)

@@ -17,6 +17,7 @@ files made for `--set` overrides; files not registered are read from disk.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,6 +27,7 @@ from tapsc.ir import Span
 __all__ = ["Diagnostic", "TapscError", "did_you_mean", "register_source", "render_diagnostic", "render_error"]
 
 MAX_SHOWN = 20  # diagnostics rendered before "... and N more"
+MAX_LINE = 160  # characters of a source line shown; a longer line is cut around the caret
 
 _SOURCES: dict[str, str] = {}
 
@@ -49,7 +51,11 @@ def _source_line(filename: str, line: int) -> str | None:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A help line: the closest choice if one is close, then every valid choice."""
-    choices = sorted(set(choices))
+    return _did_you_mean(word, tuple(sorted(set(choices))))
+
+
+@functools.lru_cache(maxsize=256)  # a block body expanded many times repeats its mistakes
+def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     listed = ", ".join(f"`{c}`" for c in choices)
     if close:
@@ -66,6 +72,18 @@ def _caret(span: Span, line_text: str) -> tuple[int, int]:
     return start, max(1, width)
 
 
+def _clip(line_text: str, start: int, width: int) -> tuple[str, int, int]:
+    """At most MAX_LINE characters of the line around the caret, `...` marking each cut."""
+    if len(line_text) <= MAX_LINE:
+        return line_text, start, width
+    begin = max(0, start - MAX_LINE // 3)
+    end = min(len(line_text), begin + MAX_LINE)
+    head = "..." if begin > 0 else ""
+    tail = "..." if end < len(line_text) else ""
+    width = max(1, min(width, end - start))
+    return head + line_text[begin:end] + tail, start - begin + len(head), width
+
+
 def render_diagnostic(diagnostic: Diagnostic) -> str:
     """One diagnostic as text: header, location, source line with carets, help."""
     out = [f"{diagnostic.severity}[{diagnostic.code}]: {diagnostic.message}"]
@@ -80,6 +98,7 @@ def render_diagnostic(diagnostic: Diagnostic) -> str:
     if line_text is not None:
         line_text = line_text.replace("\t", " ")
         start, width = _caret(span, line_text)
+        line_text, start, width = _clip(line_text, start, width)
         label = f" {diagnostic.label}" if diagnostic.label else ""
         out.append(f"{gutter} |")
         out.append(f"{span.line} | {line_text}")

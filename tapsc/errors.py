@@ -27,7 +27,8 @@ class TapscError(Exception):
             diagnostics = [Diagnostic(code=code, message=diagnostics)]
         elif isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
-        self.diagnostics: list[Diagnostic] = list(diagnostics)
+        # The same mistake met again (a block body or `repeat` expanded n times) is reported once.
+        self.diagnostics: list[Diagnostic] = list(dict.fromkeys(diagnostics))
         super().__init__("; ".join(d.message for d in self.diagnostics))
 
 

@@ -11,6 +11,7 @@ import typing
 from typing import Callable, Sequence
 
 from tapsc import ir
+from tapsc.blocks import LAYER_CLASSES, RESERVED
 from tapsc.build_ir import (
     BlockDef,
     LayerSource,
@@ -55,7 +56,8 @@ def _head(statement: Statement, field: str) -> Table:
 def _choice(value, choices: Sequence[str], what: str) -> str:
     text = plain(value)
     if not isinstance(text, str) or text not in choices:
-        raise Problem(f"unknown-{what}", f"unknown {what} `{text}`", value.span, help=did_you_mean(str(text), choices))
+        raise Problem(f"unknown-{what.replace(' ', '-')}", f"unknown {what} `{text}`", value.span,
+                      help=did_you_mean(str(text), choices))
     return text
 
 
@@ -369,6 +371,12 @@ def block_definition(statement: Statement, library: bool) -> BlockDef:
         params.extend((k.key, k.value, k.key_span) for k in group.keywords)
     if words:
         raise Problem("unexpected-argument", "unexpected value after the block's parameters", words[0].span)
+    if name.value in RESERVED:
+        what = "layer kind" if name.value in LAYER_CLASSES else "model statement"
+        taken = ", ".join(f"`{n}`" for n in RESERVED)
+        raise Problem("block-name-taken", f"a block cannot be named `{name.value}`: that is a built-in {what}",
+                      name.span, label="the built-in would always be used instead",
+                      help=f"rename the block; names taken by the language: {taken}")
     body = need_body(statement, f"block {name.value}(width = 64) {{ conv(width, kernel = 3); relu }}")
     return BlockDef(name.value, tuple(params), body, statement.span, library)
 

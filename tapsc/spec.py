@@ -15,13 +15,15 @@ Each pass reports all its errors together as one `TapscError`.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import importlib.resources
 from pathlib import Path
 from typing import Sequence
 
 from pydantic import ValidationError
 
-from tapsc import ir
+from tapsc import ir, limits
 from tapsc.build_ir import BlockDef, Table
 from tapsc.diagnostics import register_source
 from tapsc.errors import Diagnostic, TapscError
@@ -49,11 +51,57 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ir.Spec:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        text = read_source(path, str(path))
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
         raise TapscError(Diagnostic(code="file-not-found", message=f"cannot read spec `{path}`",
                                     help=getattr(error, "strerror", None) or str(error))) from None
     return load_spec_text(text, str(path), overrides)
+
+
+def read_source(path: Path, filename: str, budget: int = limits.SOURCE_BYTES.value) -> str:
+    """The text of a spec file: UTF-8, an optional byte-order mark dropped.
+
+    Reads at most ``budget`` bytes (plus one, to tell; `limits.SOURCE_BYTES` less what
+    the spec's other files used), so `/dev/zero` or a misnamed data file ends quickly,
+    and never opens what is not a regular file (a FIFO would block).
+
+    Raises:
+        OSError: the file is missing, unreadable or not a regular file.
+        TapscError: ``invalid-encoding`` at the first byte that is not UTF-8, or
+            ``spec-too-large``; both with the line and column.
+    """
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EISDIR if path.is_dir() else errno.EINVAL, "not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(max(0, budget) + 1)
+    data = data.removeprefix(codecs.BOM_UTF8)
+    if len(data) > budget:
+        _register_bytes(filename, data)
+        raise TapscError(limits.SOURCE_BYTES.diagnostic(
+            f"`{filename}` makes the spec too large", _byte_span(filename, data, max(0, budget)),
+            label="the limit is reached here"))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        _register_bytes(filename, data)
+        raise TapscError(Diagnostic(
+            code="invalid-encoding",
+            message=f"`{filename}` is not UTF-8 text (byte 0x{data[error.start]:02X}: {error.reason})",
+            span=_byte_span(filename, data, error.start), label="not UTF-8",
+            help="save the file as UTF-8 (.taps files are UTF-8 text)")) from None
+
+
+def _register_bytes(filename: str, data: bytes) -> None:
+    """Show the lines of a file that does not decode (bad bytes as U+FFFD) in its diagnostic."""
+    register_source(filename, data.decode("utf-8", errors="replace"))
+
+
+def _byte_span(filename: str, data: bytes, offset: int) -> Span:
+    """The span of the character at byte ``offset``; everything before it is valid UTF-8."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    line = data.count(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return Span(file=filename, line=line, column=column, end_line=line, end_column=column + 1)
 
 
 def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = ()) -> ir.Spec:
@@ -88,6 +136,7 @@ class _Loader:
         self.blocks: dict[str, BlockDef] = {}
         self.problems: list[Diagnostic] = []
         self.stack: list[Path] = []
+        self.bytes_read = 0  # of the spec and its includes, against limits.SOURCE_BYTES
 
     def apply_text(self, text: str, filename: str, library: bool = False) -> None:
         from tapsc.sections import apply_file
@@ -102,15 +151,28 @@ class _Loader:
         apply_file(statements, self.doc, self.blocks, self.problems, lambda s: self.include(s, base), library)
 
     def include(self, target: String, base: Path) -> None:
-        path = (base / target.value).resolve()
+        if len(self.stack) > limits.NESTING_DEPTH.value:
+            too_deep = limits.NESTING_DEPTH.diagnostic("includes are nested too deeply", target.span)
+            self.problems.append(too_deep)
+            return
+        try:
+            path = (base / target.value).resolve()
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path
+            self.problems.append(Diagnostic(code="include-not-found", message=f"cannot read `{target.value}`",
+                                            span=target.span, help="not a valid file path"))
+            return
         if path in self.stack:
             chain = " -> ".join(p.name for p in [*self.stack[self.stack.index(path):], path])
             self.problems.append(Diagnostic(code="include-cycle", message=f"`{target.value}` includes itself",
                                             span=target.span, help=f"include chain: {chain}"))
             return
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            text = read_source(path, _display(path), limits.SOURCE_BYTES.value - self.bytes_read)
+            self.bytes_read += len(text.encode("utf-8"))
+        except TapscError as error:
+            self.problems.extend(error.diagnostics)
+            return
+        except (OSError, ValueError):
             self.problems.append(Diagnostic(code="include-not-found", message=f"cannot read `{target.value}`",
                                             span=target.span, help=f"looked for {path} (relative to the including "
                                             "file's folder)"))
@@ -133,7 +195,14 @@ def build_document(text: str, filename: str, overrides: Sequence[str] = ()):
     """Parse and merge library, file, includes and overrides; raises on any problem."""
     from tapsc.overrides import apply_override
 
+    text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the spec
     loader = _Loader()
+    encoded = text.encode("utf-8")
+    loader.bytes_read = len(encoded)
+    if loader.bytes_read > limits.SOURCE_BYTES.value:  # text given directly, not read by read_source
+        register_source(filename, text)
+        span = _byte_span(filename, encoded, limits.SOURCE_BYTES.value)
+        raise TapscError(limits.SOURCE_BYTES.diagnostic(f"`{filename}` is too large", span))
     for name, library_text in library_files():
         loader.apply_text(library_text, name, library=True)
     if filename not in ("<string>",) and not filename.startswith("<"):

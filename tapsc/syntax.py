@@ -17,6 +17,7 @@ from typing import Iterator, Union
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
+from tapsc import limits
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.ir import Span
 
@@ -105,18 +106,71 @@ def grammar_text() -> str:
         return source_tree.read_text(encoding="utf-8")
 
 
+class _TooDeep(Exception):
+    """Raised by the post-lexer at the token that nests past `limits.NESTING_DEPTH`."""
+
+    def __init__(self, token: Token):
+        super().__init__(str(token))
+        self.token = token
+
+
+_OPERATORS = ("PLUS", "MINUS", "STAR", "SLASH")
+_TERM_START = ("NAME", "NUMBER", "STRING", "LPAR")
+_TERM_END = ("NAME", "NUMBER", "STRING", "RPAR")
+
+
+class _Nesting:
+    """Bounds the depth of the syntax tree before the parser builds it (every later stage
+    walks the tree recursively).
+
+    The depth is at most the open brackets plus, at each bracket level, the operators of
+    the expression being read there (`a * b * c` and `- - x` nest one node per operator).
+    An expression ends at `,`, `=`, a statement's end, or where the next word starts
+    (a value right after a value, as in `crop 32 pad 2`; `name(` is a call, not a new word).
+    """
+
+    def __init__(self) -> None:
+        self.operators = [0]  # one entry per open bracket
+        self.depth = 0  # open brackets plus every entry of `operators`
+        self.previous = ""
+
+    def feed(self, token: Token, in_parentheses: bool) -> None:
+        kind = token.type
+        new_word = kind in _TERM_START and self.previous in _TERM_END and \
+            not (kind == "LPAR" and self.previous == "NAME")
+        if new_word or kind in ("COMMA", "EQUAL") or kind == "_SEP" and not in_parentheses:
+            self.depth -= self.operators[-1]
+            self.operators[-1] = 0
+        if kind in ("LPAR", "LBRACE"):
+            self.operators.append(0)
+            self.depth += 1
+        elif kind in ("RPAR", "RBRACE") and len(self.operators) > 1:
+            self.depth -= 1 + self.operators.pop()
+        elif kind in _OPERATORS:
+            self.operators[-1] += 1
+            self.depth += 1
+        self.previous = kind
+        if self.depth > limits.NESTING_DEPTH.value:
+            raise _TooDeep(token)
+
+
 class _Separators:
-    """Post-lexer: newlines inside parentheses are not separators, and `}` ends a statement."""
+    """Post-lexer: newlines inside parentheses are not separators, and `}` ends a statement;
+    it also feeds `_Nesting`."""
 
     always_accept: tuple[str, ...] = ()
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         depth = 0
+        nesting = _Nesting()
         after_brace: Token | None = None
         for token in stream:
             if after_brace is not None and token.type not in ("_SEP", "RBRACE"):
-                yield Token.new_borrow_pos("_SEP", ";", after_brace)
+                separator = Token.new_borrow_pos("_SEP", ";", after_brace)
+                nesting.feed(separator, depth > 0)
+                yield separator
             after_brace = token if token.type == "RBRACE" else None
+            nesting.feed(token, depth > 0)
             if token.type == "LPAR":
                 depth += 1
             elif token.type == "RPAR":
@@ -149,6 +203,9 @@ def parse_tree(text: str, filename: str = "<string>", start: str = "start") -> T
         return parser().parse(text, start=start)
     except UnexpectedInput as error:
         raise TapscError(syntax_diagnostic(error, text, filename, start)) from None
+    except _TooDeep as error:
+        raise TapscError(limits.NESTING_DEPTH.diagnostic(
+            "this is nested too deeply", token_span(filename, error.token), label="too deep here")) from None
 
 
 def parse_file(text: str, filename: str = "<string>") -> tuple[Statement, ...]:
@@ -213,13 +270,11 @@ class _ToNodes(Transformer):
         return Group(items=items, keywords=keywords, span=_span(self.filename, meta))
 
     def number(self, meta, children):
-        text = str(children[0])
-        value: int | float = int(text) if text.isdigit() else float(text)
-        return Number(value=value, span=_span(self.filename, meta))
+        span = _span(self.filename, meta)
+        return Number(value=number_value(str(children[0]), span), span=span)
 
     def string(self, meta, children):
-        raw = str(children[0])[1:-1]
-        return String(value=raw.encode("utf-8").decode("unicode_escape"), span=_span(self.filename, meta))
+        return String(value=unescape(str(children[0])[1:-1]), span=_span(self.filename, meta))
 
     def name(self, meta, children):
         return Name(value=str(children[0]), span=_span(self.filename, meta))
@@ -244,6 +299,43 @@ class _ToNodes(Transformer):
 @dataclass(frozen=True)
 class _Body:
     statements: tuple[Statement, ...]
+
+
+def number_value(text: str, span: Span) -> int | float:
+    """The value of a NUMBER token; beyond `limits.NUMBER_MAGNITUDE` it is a TapscError.
+
+    The digits are counted before converting: Python refuses to convert integers of more
+    than 4,300 digits, and a float of more than about 309 digits is infinite.
+    """
+    if text.isdigit():
+        too_large = len(text.lstrip("0")) > len(str(limits.NUMBER_MAGNITUDE.value)) or \
+            int(text) > limits.NUMBER_MAGNITUDE.value
+        value: int | float = 0 if too_large else int(text)
+    else:
+        value = float(text)  # `1e999` is inf, caught below
+        too_large = not abs(value) <= limits.NUMBER_MAGNITUDE.value
+    if too_large:
+        shown = text if len(text) <= 20 else f"{text[:8]}...{text[-8:]} ({len(text)} characters)"
+        raise TapscError(limits.NUMBER_MAGNITUDE.diagnostic(f"the number `{shown}` is too large", span))
+    return value
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+
+
+def unescape(raw: str) -> str:
+    """A string literal's text without its escapes; an unknown escape stays as written
+    (`"C:\\data"` keeps its backslash)."""
+    out, index = [], 0
+    while index < len(raw):
+        char = raw[index]
+        if char == "\\" and index + 1 < len(raw) and raw[index + 1] in _ESCAPES:
+            out.append(_ESCAPES[raw[index + 1]])
+            index += 2
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- syntax errors
@@ -338,6 +430,10 @@ def _point(filename: str, line: int, column: int, width: int = 1) -> Span:
 
 def _character_diagnostic(error: UnexpectedCharacters, text: str, span: Span) -> Diagnostic:
     char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else "?"
+    if not char.isprintable() or char.isspace():  # invisible: a byte-order mark, a control character
+        return Diagnostic(code="unexpected-character",
+                          message=f"unexpected invisible character U+{ord(char):04X}", span=span, label="here",
+                          help="delete it; editors can show invisible characters")
     if char == ":":
         return Diagnostic(code="unexpected-character", message="`:` is not .taps syntax", span=span,
                           label="write `name value` or `name = value`", help="for example `lr 5e-4` or `lr = 5e-4`")

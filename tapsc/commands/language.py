@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tapsc.cli import app, user_errors_exit
+from tapsc.cli import app, err_console, user_errors_exit
 from tapsc.errors import Diagnostic, TapscError
 
 # Piped output (tests, logs) gets a wide console so the layer table is not cut.
@@ -26,23 +26,47 @@ def check_command(
     specs: list[Path] = typer.Argument(..., help="The .taps specs to validate."),
     set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
 ) -> None:
-    """Validate specs (syntax, schema, shapes, schedule) without training; no GPU or data needed."""
-    from tapsc.printer import layer_rows
-    from tapsc.spec import load_spec
+    """Validate specs (syntax, schema, shapes, schedule) without training; no GPU or data needed.
 
+    Every spec gets its own `ok` or `fail` line, whatever happened to the others; the
+    exit status is 1 when any failed.
+    """
     problems: list[Diagnostic] = []
+    crash: Exception | None = None
     for path in specs:
         try:
-            spec = load_spec(path, set_)
+            summary = check_one(path, set_)
         except TapscError as error:
             problems.extend(error.diagnostics)
             console.print(f"[red]fail[/red] {escape(str(path))}")
-            continue
-        params = sum(row["params"] for row in layer_rows(spec))
-        console.print(f"[green]ok[/green]   {escape(str(path))}  ({spec.data.dataset}, "
-                      f"{len(spec.model.layers)} layers, {params:,} parameters)")
+        except Exception as error:  # a bug in tapsc: still report the other files, then the traceback
+            crash = crash or error
+            name = escape(type(error).__name__)
+            console.print(f"[red]fail[/red] {escape(str(path))}  (internal error: {name})")
+        else:
+            console.print(f"[green]ok[/green]   {escape(str(path))}  ({escape(summary)})")
+    if problems and crash is not None:
+        from tapsc.diagnostics import render_error
+
+        err_console.print(render_error(TapscError(problems)), soft_wrap=True, markup=False, highlight=False)
+    if crash is not None:
+        raise crash
     if problems:
         raise TapscError(problems)
+
+
+def check_one(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """What `tapsc check` does for one spec: load and check it, and summarise it in words.
+
+    Raises:
+        TapscError: every user mistake in the spec.
+    """
+    from tapsc.printer import layer_rows
+    from tapsc.spec import load_spec
+
+    spec = load_spec(path, overrides)
+    params = sum(row["params"] for row in layer_rows(spec))
+    return f"{spec.data.dataset}, {len(spec.model.layers)} layers, {params:,} parameters"
 
 
 @app.command("show")
@@ -75,13 +99,14 @@ def show_command(
 
 
 def _show_tree(path: Path) -> None:
+    from tapsc.spec import read_source
     from tapsc.syntax import parse_tree
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
+        text = read_source(path, str(path))
+    except (OSError, ValueError) as error:
         raise TapscError(Diagnostic(code="file-not-found", message=f"cannot read spec `{path}`",
-                                    help=error.strerror)) from None
+                                    help=getattr(error, "strerror", None) or str(error))) from None
     from tapsc.diagnostics import register_source
 
     register_source(str(path), text)
