@@ -24,7 +24,7 @@ from torch import nn
 
 from tapsc import ir
 from tapsc.certify.attack import pgd_counterexamples
-from tapsc.certify.linear import METHODS, LinearBounds
+from tapsc.certify.linear import DEFAULT_METHODS, METHODS, LinearBounds
 from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import perturbation_box
 
@@ -71,7 +71,7 @@ class Cascade:
     network: nn.Module
     eps: float
     attack: ir.InputAttack
-    methods: Sequence[str] = METHODS
+    methods: Sequence[str] = DEFAULT_METHODS
     chunk_elements: int = 1 << 25
 
     def __post_init__(self):

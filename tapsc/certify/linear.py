@@ -40,7 +40,13 @@ from tapsc.certify.graph import Graph, build_graph
 from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import CERTIFY_DTYPE
 
-METHODS = ("ibp", "crown_ibp", "crown")
+METHODS = ("ibp", "crown_ibp", "crown", "alpha_crown")  # every bound method, loosest first
+DEFAULT_METHODS = ("ibp", "crown_ibp", "crown")  # the cascade's default
+# alpha-CROWN's optimiser: auto_LiRPA's defaults (optimize_bound_args: Adam, 20 iterations,
+# lr_alpha 0.5, ExponentialLR decay 0.98, keep the best bound of every row).
+ALPHA_STEPS = 20
+ALPHA_LR = 0.5
+ALPHA_DECAY = 0.98
 Box = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -129,10 +135,12 @@ class LinearBounds:
 
     # ------------------------------------------------------------ back-substitution
 
-    def lower_bound(self, start: int, A_BSX: torch.Tensor, boxes: list[Box], stop: int = 0) -> torch.Tensor:
+    def lower_bound(self, start: int, A_BSX: torch.Tensor, boxes: list[Box], stop: int = 0,
+                    alphas: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Sound lower bound of ``A . node[start]``: shape (B, S). Back-substitutes down to node
         ``stop`` and concretises over its box (the input box for ``stop = 0``); ``stop`` must be
-        a node every path from the input to ``start`` passes through.
+        a node every path from the input to ``start`` passes through. ``alphas`` maps a ReLU
+        node's index to the lower slopes of its unstable neurons (B, S, *X), for alpha-CROWN.
 
         Sound in exact arithmetic: each rule's rounding error, the errors of adding
         coefficients where branches meet and of accumulating the bias, and the concretisation's
@@ -155,7 +163,11 @@ class LinearBounds:
                     error_BS = error_BS + _accumulate(pending, source, A, boxes[source])
                 continue
             source = node.inputs[0]
-            A_in, bias, error = rules.backward_rule(node.layer)(node.layer, A, *boxes[source])
+            rule = rules.backward_rule(node.layer)
+            if alphas and node.index in alphas:
+                A_in, bias, error = rule(node.layer, A, *boxes[source], alphas[node.index])
+            else:
+                A_in, bias, error = rule(node.layer, A, *boxes[source])
             bias_BS = bias_BS + bias
             error_BS = error_BS + error + 2 * u * bias_BS.abs()
             error_BS = error_BS + _accumulate(pending, source, A_in, boxes[source])
@@ -180,18 +192,66 @@ class LinearBounds:
             lo, hi: the input box (the network's input units, [0, 1] pixels); see
                 `tapsc.certify.rounding.perturbation_box` for one rounded outward.
             labels: true classes, shape (B,).
-            method: ``"ibp"``, ``"crown_ibp"`` or ``"crown"``.
+            method: ``"ibp"``, ``"crown_ibp"``, ``"crown"`` or ``"alpha_crown"`` (CROWN's
+                intermediate boxes, then the margin's ReLU lower slopes optimised per sample
+                and bound row, see `alpha_crown_bound`).
 
         Returns bounds in ``self.dtype`` that hold in exact arithmetic over the stored weights.
         """
         assert method in METHODS, method
         with torch.no_grad():
-            boxes = self.node_boxes(lo, hi, "crown" if method == "crown" else "ibp")
+            boxes = self.node_boxes(lo, hi, "crown" if method in ("crown", "alpha_crown") else "ibp")
             out_lo_BK, out_hi_BK = boxes[self.graph.output]
             C_BSK = spec_matrix(labels, out_lo_BK.shape[1]).to(self.dtype)
             if method == "ibp":
                 return self._ibp_margin(out_lo_BK, out_hi_BK, C_BSK, boxes)
+            if method == "alpha_crown":
+                return self.alpha_crown_bound(self.graph.output, C_BSK, boxes)
             return self.lower_bound(self.graph.output, C_BSK, boxes)
+
+    def alpha_crown_bound(self, start: int, A_BSX: torch.Tensor, boxes: list[Box], steps: int = ALPHA_STEPS,
+                          lr: float = ALPHA_LR) -> torch.Tensor:
+        """alpha-CROWN (Xu et al., ICLR 2021, "Fast and Complete", section 3.1): the lower slope
+        of every unstable ReLU neuron, one per bound row, is a free parameter in [0, 1]; each
+        choice gives a sound bound, so the slopes are optimised by gradient ascent on the
+        bound (Adam), starting from CROWN's adaptive slopes, and each row keeps the best bound
+        any iterate gave. Every iterate's bound goes through the same rounding-sound
+        back-substitution, so the result is sound whatever the optimiser does, and never
+        below CROWN's (the first iterate is CROWN). Rows stop mattering once positive: the
+        optimisation ends early when every row of every sample is.
+
+        Returns (B, S) lower bounds of ``A . node[start]``.
+        """
+        relus = [n.index for n in self.graph.nodes[1:start + 1]
+                 if n.op == "layer" and rules.backward_rule(n.layer) is rules.relu_backward]
+        B, S = A_BSX.shape[:2]
+        alphas = {}
+        for index in relus:
+            lo_BX, hi_BX = boxes[self.graph.nodes[index].inputs[0]]
+            initial = (hi_BX >= -lo_BX).to(self.dtype).unsqueeze(1).expand(B, S, *lo_BX.shape[1:])
+            alphas[index] = initial.clone().requires_grad_(True)
+        best_BS = self.lower_bound(start, A_BSX, boxes, alphas={k: a.detach() for k, a in alphas.items()})
+        if not alphas:
+            return best_BS
+        optimizer = torch.optim.Adam(list(alphas.values()), lr=lr)
+        schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, ALPHA_DECAY)
+        for _ in range(steps):
+            if bool((best_BS > 0).all()):
+                break
+            with torch.enable_grad():
+                bound_BS = self.lower_bound(start, A_BSX, boxes, alphas=alphas)
+                loss = -bound_BS.sum()
+                optimizer.zero_grad()
+                loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                best_BS = torch.maximum(best_BS, bound_BS.detach())
+                for alpha in alphas.values():
+                    alpha.clamp_(0, 1)
+        with torch.no_grad():  # the last step's slopes
+            final_BS = self.lower_bound(start, A_BSX, boxes, alphas={k: a.detach() for k, a in alphas.items()})
+        return torch.maximum(best_BS, final_BS)
 
     def _ibp_margin(self, lo_BK, hi_BK, C_BSK, boxes: list[Box]) -> torch.Tensor:
         """IBP's margin bound. When the network ends in an affine layer, C is multiplied into

@@ -56,13 +56,16 @@ def sum_error(magnitude: torch.Tensor, terms: int) -> torch.Tensor:
 
 
 def round_down(t: torch.Tensor) -> torch.Tensor:
-    """The next representable value below ``t`` (absorbs the rounding of the last operation)."""
-    return torch.nextafter(t, t.new_full((), float("-inf")))
+    """The next representable value below ``t`` (absorbs the rounding of the last operation).
+    Its gradient is that of ``t`` (alpha-CROWN differentiates through bounds)."""
+    step = torch.nextafter(t.detach(), t.new_full((), float("-inf"))) - t.detach()
+    return t + step
 
 
 def round_up(t: torch.Tensor) -> torch.Tensor:
-    """The next representable value above ``t``."""
-    return torch.nextafter(t, t.new_full((), float("inf")))
+    """The next representable value above ``t`` (gradient: that of ``t``)."""
+    step = torch.nextafter(t.detach(), t.new_full((), float("inf"))) - t.detach()
+    return t + step
 
 
 def widen(lo: torch.Tensor, hi: torch.Tensor, error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -110,13 +110,22 @@ def relu_slopes(lo_BX: torch.Tensor, hi_BX: torch.Tensor):
     return low_slope, up_slope, up_icpt
 
 
-def relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
+def relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tensor | None = None):
     """CROWN relaxation; positive coefficients take the lower line, negative the upper.
+
+    ``alpha_BSX`` (optional, values in [0, 1], broadcastable to A's shape): the lower
+    slopes of unstable neurons per bound row, as alpha-CROWN optimises them (Xu et al.,
+    ICLR 2021, "Fast and Complete", eq. 7); any slope in [0, 1] gives a valid lower line.
+    Without it, CROWN's adaptive slope (1 if u >= -l, else 0).
 
     Rounding: each new coefficient is one product (error <= u |A| for slopes in [0, 1]) and
     the bias a sum of products A- t: bounded by gamma |A| . (max|x| + t).
     """
     low_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in relu_slopes(lo_BX, hi_BX))
+    if alpha_BSX is not None:
+        unstable = ((lo_BX < 0) & (hi_BX > 0)).unsqueeze(1)
+        inside = alpha_BSX - (alpha_BSX - alpha_BSX.clamp(0, 1)).detach()  # in [0, 1]; gradient 1 at the ends
+        low_slope = torch.where(unstable, inside, low_slope)
     A_pos, A_neg = A_BSY.clamp(min=0), A_BSY.clamp(max=0)
     A_BSX = A_pos * low_slope + A_neg * up_slope
     size_BX = rounding.magnitude_of(lo_BX, hi_BX) + up_icpt.squeeze(1)

@@ -165,7 +165,8 @@ def check_interval(layer: nn.Module, lo_BX, hi_BX, seed: int = 0) -> None:
                                        f"(by {max(below, above):.3g})")
 
 
-def check_margin_bounds(layers: list[nn.Module], lo_BX, hi_BX, labels_B, methods=("ibp", "crown_ibp", "crown"),
+def check_margin_bounds(layers: list[nn.Module], lo_BX, hi_BX, labels_B,
+                        methods=("ibp", "crown_ibp", "crown", "alpha_crown"),
                         seed: int = 0) -> None:
     """Every method's margin lower bound is below the margin at every sampled point, including
     the points gradient descent finds for each margin row."""

@@ -15,7 +15,7 @@ from certify_nets import random_network
 from torch import nn
 
 from tapsc import ir
-from tapsc.certify.linear import LinearBounds, spec_matrix
+from tapsc.certify.linear import METHODS, LinearBounds, spec_matrix
 
 
 def box_points(lo, hi, samples=300, seed=0):
@@ -55,7 +55,7 @@ def test_margin_bounds_below_every_sampled_margin(seed, eps):
     labels = network(x).argmax(1)
     margins_PBS = empirical_margins(network, box_points(lo, hi, seed=seed), labels, network.num_classes)
     bounds = LinearBounds(network.layers)
-    for method in ("ibp", "crown_ibp", "crown"):
+    for method in METHODS:
         bound_BS = bounds.margin_lower_bounds(lo, hi, labels, method)
         assert bound_BS.shape == margins_PBS.shape[1:]
         gap = (bound_BS - margins_PBS.min(0).values).max().item()
@@ -109,7 +109,7 @@ def test_plain_torch_modules_are_bounded_soundly():
     x, lo, hi = input_box((2, 6, 6), 3, 0.05, 1)
     labels = model(x).argmax(1)
     margins_PBS = empirical_margins(model, box_points(lo, hi), labels, 3)
-    for method in ("ibp", "crown_ibp", "crown"):
+    for method in METHODS:
         bound_BS = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)
         assert (bound_BS <= margins_PBS.min(0).values).all(), method
 
@@ -147,7 +147,7 @@ def test_two_input_network_against_a_dense_grid(seed):
     points = (lo + grid.reshape(-1, 2) * (hi - lo))
     labels = torch.tensor([seed % 3])
     margins_PS = (spec_matrix(labels, 3)[0].double() @ in_float64(model)(points.double()).T).T
-    for method in ("ibp", "crown_ibp", "crown"):
+    for method in METHODS:
         bound_S = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)[0]
         assert (bound_S <= margins_PS.min(0).values).all(), method
 
@@ -175,3 +175,15 @@ def test_ibp_certification_bounds_the_margin_through_the_last_layer(seed):
     out_lo, out_hi = boxes[bounds.graph.output]
     separate_BS = out_lo.gather(1, labels[:, None]) - (out_hi.unsqueeze(1) * -C_BSK.clamp(max=0)).sum(-1)
     assert (certify_BS >= separate_BS - 1e-5).all() and (certify_BS > separate_BS + 1e-4).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_alpha_crown_is_never_looser_than_crown_and_tighter_somewhere(seed):
+    network = random_network(seed)
+    x, lo, hi = input_box(network.input_shape, 4, 0.03, seed)
+    labels = network(x).argmax(1)
+    bounds = LinearBounds(network.layers)
+    crown = bounds.margin_lower_bounds(lo, hi, labels, "crown")
+    alpha = bounds.margin_lower_bounds(lo, hi, labels, "alpha_crown")
+    assert (alpha >= crown).all()
+    assert (alpha > crown + 1e-6).any(), "the optimised slopes should improve some row"

@@ -14,7 +14,7 @@ from certify_nets import make_spec, random_network
 from tapsc import certify, ir
 from tapsc.certify import rounding
 from tapsc.certify.cascade import Cascade, SoundnessError
-from tapsc.certify.linear import LinearBounds
+from tapsc.certify.linear import METHODS, LinearBounds
 from tapsc.compile import compile_network
 
 ATTACK = ir.InputAttack(steps=10, restarts=1, loss="margin")
@@ -82,7 +82,7 @@ def test_crafted_ill_conditioned_nets_are_never_certified_wrongly(eps):
         if exact_min >= 0 or network(x).argmax(1).item() != TRUE:
             continue  # the gain hit its cap, or float32 rounding changed the prediction
         blind += float32_margin > 0
-        for method in ("ibp", "crown_ibp", "crown"):
+        for method in METHODS:
             bound = certify.margin_lower_bounds(network, x, labels, eps, method).item()
             assert np.isfinite(bound)
             assert Fraction(bound) <= exact_min, f"seed {seed}: {method} bound {bound} > exact {float(exact_min)}"
@@ -110,7 +110,7 @@ def test_a_samples_bounds_do_not_depend_on_its_batch(seed):
     labels = network(x).argmax(1)
     bounds = LinearBounds(network.layers)
     lo, hi = rounding.perturbation_box(x, 0.03)
-    for method in ("ibp", "crown_ibp", "crown"):
+    for method in METHODS:
         whole = bounds.margin_lower_bounds(lo, hi, labels, method)
         for size in (1, 5):
             for start in range(0, 12, size):
@@ -268,7 +268,7 @@ def test_margin_bounds_of_affine_nets_are_below_the_exact_minimum():
         los = [max(Fraction(v) - Fraction(eps), Fraction(0)) for v in x.double().flatten().tolist()]
         his = [min(Fraction(v) + Fraction(eps), Fraction(1)) for v in x.double().flatten().tolist()]
         y = int(labels)
-        for method in ("crown_ibp", "crown"):
+        for method in ("crown_ibp", "crown", "alpha_crown"):
             bound = LinearBounds(list(model)).margin_lower_bounds(lo, hi, labels, method)[0]
             for j_row, j in enumerate(k for k in range(3) if k != y):
                 c = [W2[y][k] - W2[j][k] for k in range(4)]
