@@ -34,8 +34,9 @@ def check_command(
     problems: list[Diagnostic] = []
     crash: Exception | None = None
     for path in specs:
+        warnings: list[Diagnostic] = []
         try:
-            summary = check_one(path, set_)
+            summary = check_one(path, set_, warnings=warnings)
         except TapscError as error:
             problems.extend(error.diagnostics)
             console.print(f"[red]fail[/red] {escape(str(path))}")
@@ -45,6 +46,7 @@ def check_command(
             console.print(f"[red]fail[/red] {escape(str(path))}  (internal error: {name})")
         else:
             console.print(f"[green]ok[/green]   {escape(str(path))}  ({escape(summary)})")
+            print_warnings(warnings)
     if problems and crash is not None:
         from tapsc.diagnostics import render_error
 
@@ -55,8 +57,18 @@ def check_command(
         raise TapscError(problems)
 
 
-def check_one(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+def print_warnings(warnings: list[Diagnostic]) -> None:
+    """Render the checks' warnings on stderr (they do not change the exit status)."""
+    if warnings:
+        from tapsc.diagnostics import render_diagnostics
+
+        err_console.print(render_diagnostics(warnings), soft_wrap=True, markup=False, highlight=False)
+
+
+def check_one(path: Path, overrides: list[str] | tuple[str, ...] = (),
+              warnings: list[Diagnostic] | None = None) -> str:
     """What `tapsc check` does for one spec: load and check it, and summarise it in words.
+    The checks' warnings are appended to ``warnings`` when it is given.
 
     Raises:
         TapscError: every user mistake in the spec.
@@ -64,7 +76,7 @@ def check_one(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
     from tapsc.printer import layer_rows
     from tapsc.spec import load_spec
 
-    spec = load_spec(path, overrides)
+    spec = load_spec(path, overrides, warnings)
     params = sum(row["params"] for row in layer_rows(spec))
     return f"{spec.data.dataset}, {len(spec.model.layers)} layers, {params:,} parameters"
 

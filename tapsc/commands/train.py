@@ -27,9 +27,13 @@ def _read_spec(path: Path, overrides: list[str]):
     if not path.is_file():
         raise TapscError(Diagnostic(code="missing-spec", message=f"no spec file at {path}",
                                     help="pass the path of a .taps file, e.g. specs/quickstart.taps"))
+    from tapsc.commands.language import print_warnings
     from tapsc.spec import load_spec
 
-    return load_spec(path, overrides), path.read_text()
+    warnings: list[Diagnostic] = []
+    spec = load_spec(path, overrides, warnings)
+    print_warnings(warnings)
+    return spec, path.read_text()
 
 
 @app.command("run")
