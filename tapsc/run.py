@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tapsc import distributed, ir, rundir
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
+from tapsc.outputs import ensure_writable_folder
 
 EPOCH_EVAL_CAP = 1000  # samples evaluated per epoch for model selection (keeps epochs cheap)
 EPOCH_METRICS = ("natural", "ibp")  # measured every epoch, with the selection metric
@@ -525,6 +526,8 @@ def start_run(spec: ir.Spec, spec_text: str, run_dir: Path, options: RunOptions 
     """
     spec = apply_options(spec, options)
     device = resolve_device(options.device)
+    if distributed.current().is_main:
+        ensure_writable_folder(run_dir)  # before the data is loaded
     trainer = Trainer(spec, run_dir, options, emit)  # loads data: fail before making the folder
 
     def create() -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.outputs import ensure_writable_folder
 
 console = Console(highlight=False)
 
@@ -73,6 +74,7 @@ def run_command(
     else:
         parsed, text = _read_spec(spec, set_)
         target = out or default_run_dir(spec)
+        ensure_writable_folder(target)  # before any data, model or worker
         runner = lambda emit: start_run(parsed, text, target, options, emit)  # noqa: E731
         select = parsed.eval.select
         worker_args = [str(spec), "--out", str(target), *(a for s in set_ for a in ("--set", s))]
@@ -117,6 +119,8 @@ def eval_command(
     if checkpoint not in ("best", "last"):
         raise TapscError(Diagnostic(code="bad-option", message=f"unknown checkpoint `{checkpoint}`",
                                     help="use `best` or `last`"))
+    if Path(run_dir).is_dir():  # eval-<checkpoint>.json goes into the run; a missing run is reported later
+        ensure_writable_folder(run_dir, flag=None)
     display = make_display(console)
     try:
         results = evaluate_run(run_dir, checkpoint, samples=samples, device=device, data_root=data_root,
