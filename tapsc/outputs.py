@@ -12,17 +12,18 @@ from pathlib import Path
 from tapsc.errors import Diagnostic, TapscError
 
 
-def _unwritable(path: Path, reason: str, flag: str | None) -> TapscError:
+def _unwritable(path: Path, reason: str, flag: str | None, what: str = "to") -> TapscError:
     where = f"choose a writable folder with `{flag}`" if flag else "check the folder's permissions"
-    return TapscError(Diagnostic(code="unwritable-output", message=f"cannot write to {path}: {reason}", help=where))
+    return TapscError(Diagnostic(code="unwritable-output", message=f"cannot write {what} {path}: {reason}",
+                                 help=where))
 
 
-def ensure_writable_folder(folder: Path, flag: str | None = "--out") -> Path:
+def ensure_writable_folder(folder: Path, flag: str | None = "--out", what: str = "to") -> Path:
     """Check that ``folder`` exists or can be made, and that a file can be written in it.
 
     Folders this check creates are removed again (the command makes them when it writes),
     so a refused command leaves nothing behind. ``flag`` names the option that chose the
-    folder, for the help line.
+    folder, for the help line; ``what`` names the folder in the message ("the run directory").
 
     Raises:
         TapscError: ``unwritable-output``, saying why (a file in the way, permissions,
@@ -36,8 +37,8 @@ def ensure_writable_folder(folder: Path, flag: str | None = "--out") -> Path:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        what = "is a file, not a folder" if existing == folder else f"{existing} is a file, not a folder"
-        raise _unwritable(folder, what, flag)
+        reason = "it is a file, not a folder" if existing == folder else f"{existing} is a file, not a folder"
+        raise _unwritable(folder, reason, flag, what)
     created: list[Path] = []
     try:
         for path in reversed(missing):
@@ -47,7 +48,7 @@ def ensure_writable_folder(folder: Path, flag: str | None = "--out") -> Path:
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
-        raise _unwritable(folder, error.strerror or str(error), flag) from None
+        raise _unwritable(folder, error.strerror or str(error), flag, what) from None
     finally:
         for path in reversed(created):
             try:

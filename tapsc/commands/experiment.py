@@ -136,15 +136,9 @@ def _read_history(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TapscError(Diagnostic(code="no-metrics", message=f"{run_dir} has no {rundir.METRICS} yet",
                                     help="it is written at the end of every epoch; wait for the first epoch"))
-    history = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            history.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise TapscError(Diagnostic(code="bad-metrics", message=f"{path}:{number} is not a JSON object",
-                                        help="the file is one JSON object per line, as `tapsc run` writes it"))
+    history, dropped = rundir.read_metrics(run_dir)  # a last line cut short is skipped
+    if dropped is not None:
+        console.print(f"[yellow]warning:[/yellow] {escape(dropped)}")
     if not history:
         raise TapscError(Diagnostic(code="no-metrics", message=f"{path} holds no epoch yet",
                                     help="wait for the first epoch to finish"))

@@ -74,7 +74,7 @@ def run_command(
     else:
         parsed, text = _read_spec(spec, set_)
         target = out or default_run_dir(spec)
-        ensure_writable_folder(target)  # before any data, model or worker
+        ensure_writable_folder(target, what="the run directory")  # before any data, model or worker
         runner = lambda emit: start_run(parsed, text, target, options, emit)  # noqa: E731
         select = parsed.eval.select
         worker_args = [str(spec), "--out", str(target), *(a for s in set_ for a in ("--set", s))]
@@ -120,7 +120,7 @@ def eval_command(
         raise TapscError(Diagnostic(code="bad-option", message=f"unknown checkpoint `{checkpoint}`",
                                     help="use `best` or `last`"))
     if Path(run_dir).is_dir():  # eval-<checkpoint>.json goes into the run; a missing run is reported later
-        ensure_writable_folder(run_dir, flag=None)
+        ensure_writable_folder(run_dir, flag=None, what="the run directory")
     display = make_display(console)
     try:
         results = evaluate_run(run_dir, checkpoint, samples=samples, device=device, data_root=data_root,
