@@ -125,6 +125,22 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
     return checked(spec, warnings)
 
 
+def with_epochs(spec: ir.Spec, epochs: int, warnings: list[Diagnostic] | None = None):
+    """``spec`` rescaled to ``epochs`` epochs (`tapsc.schedule.rescale_epochs`), checked again.
+
+    Returns:
+        The `tapsc.schedule.Rescaled` (its ``spec`` and a summary of the changes).
+
+    Raises:
+        TapscError: too few epochs for the phases, or a check the rescaled spec fails.
+    """
+    from tapsc.schedule import rescale_epochs
+
+    rescaled = rescale_epochs(spec, epochs)
+    checked(rescaled.spec, warnings)
+    return rescaled
+
+
 def checked(spec: ir.Spec, warnings: list[Diagnostic] | None = None) -> ir.Spec:
     """``spec`` after the semantic checks (tapsc/check.py); their warnings go to ``warnings``.
 
