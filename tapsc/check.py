@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tapsc import ir
+from tapsc import ir, limits
+from tapsc.data.catalogue import CATALOGUE
 from tapsc.errors import Diagnostic
-from tapsc.lowering import DATASET_CLASSES, DATASET_SHAPES
 from tapsc.shapes import ShapeError, count_relus, layer_output_shape, split_index
 
 Check = Callable[[ir.Spec], list[Diagnostic]]
@@ -26,11 +26,17 @@ def check(fn: Check) -> Check:
 
 
 def run_checks(spec: ir.Spec) -> list[Diagnostic]:
-    """Every diagnostic of every registered check, in registration order."""
+    """Every diagnostic (errors and warnings) of every registered check, in registration order."""
     problems: list[Diagnostic] = []
     for fn in CHECKS.values():
         problems.extend(fn(spec))
     return problems
+
+
+def errors_and_warnings(problems: list[Diagnostic]) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    """``problems`` split by severity: (errors, warnings)."""
+    errors = [p for p in problems if p.severity != "warning"]
+    return errors, [p for p in problems if p.severity == "warning"]
 
 
 def _layer_fan_in(layer: ir.Node, shape: tuple[int, ...]) -> list[Diagnostic]:
@@ -80,7 +86,7 @@ def check_shapes(spec: ir.Spec) -> list[Diagnostic]:
 def check_output_classes(spec: ir.Spec) -> list[Diagnostic]:
     """The last layer gives one logit per class of the dataset."""
     shape = model_output_shape(spec)
-    classes = DATASET_CLASSES[spec.data.dataset]
+    classes = CATALOGUE[spec.data.dataset].classes
     if shape is None or len(shape) != 1 or shape[0] == classes:
         return []
     last = spec.model.layers[-1] if spec.model.layers else spec.model
@@ -90,27 +96,26 @@ def check_output_classes(spec: ir.Spec) -> list[Diagnostic]:
 
 
 @check
-def check_input_channels(spec: ir.Spec) -> list[Diagnostic]:
-    """Image inputs have the dataset's channel count."""
-    channels = DATASET_SHAPES[spec.data.dataset][0]
-    shape = spec.model.input_shape
-    if len(shape) == 3 and shape[0] != channels:
-        return [Diagnostic(code="input-channels", message=f"input has {shape[0]} channels but "
-                           f"`{spec.data.dataset}` images have {channels}", span=spec.model.span,
-                           help=f"write `input ({channels}, {shape[1]}, {shape[2]})`")]
-    return []
-
-
-@check
 def check_split(spec: ir.Spec) -> list[Diagnostic]:
     """The split leaves the requested ReLUs in the classifier at a top-level boundary."""
     split = spec.split
     try:
-        split_index(spec.model, split)
+        index = split_index(spec.model, split)
     except ValueError as error:
         total = count_relus(spec.model.layers)
         return [Diagnostic(code="split-out-of-range", message=str(error), span=split.span,
                            help=f"relus_in_classifier must be between 0 and {total} (the model has {total} ReLUs)")]
+    latent = [phase for phase in spec.method.phases if isinstance(getattr(phase, "attack", None), ir.LatentAttack)]
+    layers = len(spec.model.layers)
+    if latent and index >= layers:
+        where = f"at_layer = {split.index}" if isinstance(split, ir.SplitAtLayer) else \
+            f"relus_in_classifier = {split.count}"
+        return [Diagnostic(code="empty-classifier", message=f"`split {where}` leaves the classifier empty (the model "
+                           f"has {layers} layers, numbered 0 to {layers - 1}), but the `{latent[0].kind}` phase "
+                           "attacks the classifier's input",
+                           span=split.span_of("index" if isinstance(split, ir.SplitAtLayer) else "count") or spec.model.span,
+                           help=f"split before the last layer: `at_layer` at most {layers - 1}, or "
+                                "`relus_in_classifier = 1`")]
     return []
 
 
@@ -131,7 +136,7 @@ def check_normalize(spec: ir.Spec) -> list[Diagnostic]:
 @check
 def check_crops(spec: ir.Spec) -> list[Diagnostic]:
     """Crops are no larger than the (padded) images they cut from."""
-    _, height, width = DATASET_SHAPES[spec.data.dataset]
+    _, height, width = CATALOGUE[spec.data.dataset].shape
     problems = []
     for item in (*spec.data.train_augment, *spec.data.test_augment):
         padding = getattr(item, "padding", 0)
@@ -159,6 +164,48 @@ def random_test_augmentation(item: ir.Node) -> Diagnostic:
 def check_test_augmentation(spec: ir.Spec) -> list[Diagnostic]:
     """Test and validation images are transformed deterministically (no random crop or flip)."""
     return [random_test_augmentation(item) for item in spec.data.test_augment if item.random]
+
+
+def _image_size(data: ir.Data, augment: tuple[ir.Node, ...]) -> tuple[int, int]:
+    """(H, W) of the images after ``augment`` (the last crop decides; no crop: the dataset's)."""
+    _, height, width = CATALOGUE[data.dataset].shape
+    for item in augment:
+        size = getattr(item, "size", None)
+        if size is not None:
+            height = width = size
+    return height, width
+
+
+@check
+def check_input_channels(spec: ir.Spec) -> list[Diagnostic]:
+    """The model's input shape is the shape of the dataset's images (after any crop)."""
+    data, shape = spec.data, spec.model.input_shape
+    span = spec.model.span_of("input_shape") or spec.model.span
+    if check_crops(spec):  # a crop larger than the image: that is the mistake to report
+        return []
+    channels = CATALOGUE[data.dataset].shape[0]
+    for side, augment in (("training", data.train_augment), ("test", data.test_augment)):
+        height, width = _image_size(data, augment)
+        expected = (channels, height, width)
+        size = channels * height * width
+        if len(shape) == 3 and shape[0] != channels:
+            return [Diagnostic(code="input-channels", message=f"input has {shape[0]} channel(s) but "
+                               f"`{data.dataset}` images have {channels}", span=span,
+                               help=f"write `input {expected}`, or drop `input` to take the dataset's shape")]
+        if shape != expected if len(shape) == 3 else _product(shape) != size:
+            crop = " after cropping" if (height, width) != CATALOGUE[data.dataset].shape[1:] else ""
+            return [Diagnostic(code="input-shape", message=f"input shape {shape} does not match the {side} images "
+                               f"of `{data.dataset}`{crop}: {expected} ({size:,} values)", span=span,
+                               help=f"write `input {expected}` (or `input ({size},)` for a flat input), or drop "
+                                    "`input` to take the dataset's shape")]
+    return []
+
+
+def _product(shape: tuple[int, ...]) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
 
 
 @check
@@ -254,4 +301,66 @@ def check_perturbation(spec: ir.Spec) -> list[Diagnostic]:
     if certified and spec.perturbation.eps == 0 and (spec.perturbation.train_eps or 0) == 0:
         return [Diagnostic(code="zero-eps", message=f"eps is 0 but the method trains with `{certified[0]}`",
                            span=spec.perturbation.span, help="set a positive `eps`, e.g. `eps 8/255`")]
+    return []
+
+
+@check
+def check_eps_range(spec: ir.Spec) -> list[Diagnostic]:
+    """eps is inside the data's value range: a box as wide as the range holds every image."""
+    info = CATALOGUE[spec.data.dataset]
+    low, high = info.value_range
+    width = info.range_width
+    pert = spec.perturbation
+    problems = []
+    for name, node, field in (("eps", pert, "eps"), ("train_eps", pert, "train_eps"),
+                              ("export eps", spec.export, "eps")):
+        value, span = getattr(node, field), node.span_of(field) or pert.span
+        if value is None:
+            continue
+        if value >= width:
+            problems.append(Diagnostic(
+                code="eps-outside-range", span=span,
+                message=f"{name} {value:g} is at least the whole pixel range [{low:g}, {high:g}] of "
+                        f"`{spec.data.dataset}`: every box holds every image, so no network is robust",
+                help=f"eps is in pixel units of [{low:g}, {high:g}]; write e.g. `eps 8/255` or `eps 0.1`"))
+        elif value > width / 2:
+            problems.append(Diagnostic(
+                code="eps-large", severity="warning", span=span,
+                message=f"{name} {value:g} is more than half the pixel range [{low:g}, {high:g}] of "
+                        f"`{spec.data.dataset}`: most boxes reach nearly every image",
+                help="eps is in pixel units (not normalised ones); typical values are 0.1-0.4 (MNIST) and "
+                     "2/255-8/255 (CIFAR-10)"))
+    return problems
+
+
+@check
+def check_relu_after_logits(spec: ir.Spec) -> list[Diagnostic]:
+    """The logits are the last affine layer's output: a ReLU after it clips every negative logit."""
+    layers = [layer for layer in spec.model.layers if not isinstance(layer, ir.Flatten)]
+    if layers and isinstance(layers[-1], ir.ReLU) and any(isinstance(x, (ir.Linear, ir.Conv)) for x in layers):
+        return [Diagnostic(code="relu-after-logits", severity="warning", span=layers[-1].span or spec.model.span,
+                           message="the model ends with a ReLU: every negative logit becomes 0, so classes tie "
+                                   "and margins cannot go below 0",
+                           help="end the model with `linear(classes)`; drop this `relu`")]
+    return []
+
+
+@check
+def check_parameter_count(spec: ir.Spec) -> list[Diagnostic]:
+    """The network fits in memory: the parameter count is below `limits.PARAMETER_COUNT`."""
+    from tapsc.printer import parameter_count
+
+    total, largest, shape = 0, (0, spec.model), spec.model.input_shape
+    for layer in spec.model.layers:
+        try:
+            count = parameter_count(layer, shape)
+            shape = layer_output_shape(layer, shape)
+        except (ShapeError, IndexError):  # reported by check_shapes
+            return []
+        total += count
+        largest = max(largest, (count, layer), key=lambda pair: pair[0])
+    if total > limits.PARAMETER_COUNT.value:
+        count, layer = largest
+        return [limits.PARAMETER_COUNT.diagnostic(f"the network has {total:,} parameters", layer.span or
+                                                  spec.model.span, label=f"{count:,} of them here")]
     return []

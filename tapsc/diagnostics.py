@@ -114,7 +114,10 @@ def render_diagnostics(diagnostics: Sequence[Diagnostic], limit: int = MAX_SHOWN
     if len(diagnostics) > limit:
         parts.append(f"... and {len(diagnostics) - limit} more")
     if len(diagnostics) > 1:
-        parts.append(f"{len(diagnostics)} errors")
+        warnings = sum(d.severity == "warning" for d in diagnostics)
+        counts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in
+                  ((len(diagnostics) - warnings, "error"), (warnings, "warning")) if n]
+        parts.append(", ".join(counts))
     return "\n\n".join(parts)
 
 

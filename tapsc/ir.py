@@ -14,7 +14,9 @@ from __future__ import annotations
 import typing
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from tapsc.data.catalogue import DATASET_NAMES
 
 
 class Span(BaseModel):
@@ -31,6 +33,13 @@ class Span(BaseModel):
 class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span | None = Field(default=None, exclude=True, repr=False)
+    # where each field's value was written (the spec or a `--set` override); filled by
+    # tapsc.spec after validation, read through `span_of`
+    _field_spans: dict[str, Span] = PrivateAttr(default_factory=dict)
+
+    def span_of(self, field: str) -> Span | None:
+        """The span of ``field``'s value where it was written, else the node's own span."""
+        return self._field_spans.get(field) or self.span
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -41,8 +50,8 @@ UnitFloat = Annotated[float, Field(ge=0, le=1)]
 
 # ---------------------------------------------------------------- data
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "tinyimagenet", "digits")
-DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "tinyimagenet", "digits"]
+DATASETS = DATASET_NAMES  # from tapsc/data/catalogue.py, the one list of datasets
+DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 
 
 class Normalize(Node):

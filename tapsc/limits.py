@@ -49,5 +49,9 @@ REPEAT_COUNT = Limit(
 EXPANSION_STEPS = Limit(
     "expansion-too-large", 100_000, "statements expanded per model",
     "nested `repeat`s multiply: `repeat 100 { repeat 100 { ... } }` expands its body 10,000 times")
+PARAMETER_COUNT = Limit(
+    "too-many-parameters", 1_000_000_000, "parameters",
+    "the largest shipped network (CNN7 on TinyImageNet) has 52 million; check the widths of "
+    "`conv` and `linear` and whether a `flatten` comes before a huge `linear`")
 
-ALL = (SOURCE_BYTES, NUMBER_MAGNITUDE, NESTING_DEPTH, LAYER_COUNT, REPEAT_COUNT, EXPANSION_STEPS)
+ALL = (SOURCE_BYTES, NUMBER_MAGNITUDE, NESTING_DEPTH, LAYER_COUNT, REPEAT_COUNT, EXPANSION_STEPS, PARAMETER_COUNT)

@@ -17,15 +17,13 @@ from pydantic import ValidationError
 from tapsc import ir
 from tapsc.blocks import expand_model
 from tapsc.build_ir import BlockDef, LayerSource, Table, Val
+from tapsc.data.catalogue import CATALOGUE
 from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
 from tapsc.ir import Span
 
 Loc = tuple[Any, ...]
 
-DATASET_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-                  "tinyimagenet": (3, 64, 64), "digits": (1, 8, 8)}
-DATASET_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "tinyimagenet": 200, "digits": 10}
 
 
 def lower(doc: Table, blocks: dict[str, BlockDef]) -> tuple[dict, dict[Loc, Span], list[Diagnostic]]:
@@ -64,9 +62,9 @@ def _default_input(doc: Table, model: Table) -> None:
     """(C, H, W) of the dataset, with H = W = the crop size when the data is cropped."""
     data = doc.get("data")
     dataset = data.get("dataset") if isinstance(data, Table) else None
-    if not isinstance(dataset, Val) or dataset.value not in DATASET_SHAPES:
+    if not isinstance(dataset, Val) or dataset.value not in CATALOGUE:
         return
-    channels, height, width = DATASET_SHAPES[dataset.value]
+    channels, height, width = CATALOGUE[dataset.value].shape
     for key in ("train_augment", "test_augment"):
         augment = data.get(key)
         for item in augment.value if isinstance(augment, Val) and isinstance(augment.value, list) else ():

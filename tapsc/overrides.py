@@ -21,6 +21,7 @@ from tapsc.sections import PHASE_CLASSES, SECTION_BUILDERS, SECTIONS, phase_sett
 from tapsc.syntax import Keyword, Statement, Value, parse_value
 
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+_PHASE_INDEX = re.compile(r"method\.phase\[(\d+)\]\.")  # method.phase[2].attack.steps: one phase by position
 _EXAMPLE = "write `--set section.setting=value`, e.g. `--set optimizer.lr=1e-3`"
 
 
@@ -33,6 +34,10 @@ def apply_override(doc: Table, text: str, filename: str, problems: list[Diagnost
     register_source(filename, text)
     path, sep, value_text = text.partition("=")
     path = path.strip()
+    indexed = _PHASE_INDEX.match(path)
+    if sep and indexed:
+        _apply_indexed_phase(doc, text, indexed, value_text, filename, problems)
+        return
     if not sep or not _PATH.match(path) or "." not in path:
         problems.append(Diagnostic(code="bad-override", message=f"cannot read override `{text}`",
                                    span=_span(filename, 0, len(text)), help=_EXAMPLE))
@@ -45,6 +50,41 @@ def apply_override(doc: Table, text: str, filename: str, problems: list[Diagnost
     try:
         value = parse_value(" " * (len(text) - len(value_text)) + value_text, filename)
         _apply(doc, parts, spans, value, problems)
+    except TapscError as error:
+        problems.extend(error.diagnostics)
+    except Problem as problem:
+        problems.append(problem.diagnostic)
+
+
+def _apply_indexed_phase(doc: Table, text: str, indexed: re.Match, value_text: str, filename: str,
+                         problems: list[Diagnostic]) -> None:
+    """`method.phase[2].attack.steps=8`: one phase, counted from 0 in the order written."""
+    offset = len(text) - len(text.lstrip())
+    index_span = _span(filename, offset + indexed.start(1) - 1, offset + indexed.end(1) + 1)
+    rest = text.partition("=")[0].strip()[indexed.end():]
+    if not _PATH.match(rest):
+        problems.append(Diagnostic(code="bad-override", message=f"cannot read override `{text}`",
+                                   span=_span(filename, 0, len(text)),
+                                   help="write `--set method.phase[N].setting=value`, e.g. "
+                                        "`--set method.phase[2].attack.steps=8`"))
+        return
+    parts, spans, position = rest.split("."), [], offset + indexed.end()
+    for part in parts:
+        start = text.index(part, position)
+        spans.append(_span(filename, start, start + len(part)))
+        position = start + len(part)
+    method = doc.get("method")
+    phases = method["phases"].value if isinstance(method, Table) and "phases" in method else []
+    number = int(indexed.group(1))
+    try:
+        if number >= len(phases):
+            listed = ", ".join(f"`phase[{i}]` {phase['kind'].value}" for i, phase in enumerate(phases))
+            raise Problem("unknown-phase", f"the method has no phase {number}: it has {len(phases)} "
+                          f"phase(s), counted from 0", index_span, help=f"valid: {listed}" if phases else
+                          "the method has no phases")
+        value = parse_value(" " * (len(text) - len(value_text)) + value_text, filename)
+        phase = phases[number]
+        phase_settings(phase, phase["kind"].value, [_setting(parts, spans, value)], problems)
     except TapscError as error:
         problems.extend(error.diagnostics)
     except Problem as problem:

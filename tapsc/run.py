@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tapsc import distributed, ir, rundir
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
+from tapsc.outputs import ensure_writable_folder
 
 EPOCH_EVAL_CAP = 1000  # samples evaluated per epoch for model selection (keeps epochs cheap)
 EPOCH_METRICS = ("natural", "ibp")  # measured every epoch, with the selection metric
@@ -497,7 +498,8 @@ def final_evaluation(trainer: Trainer, train_seconds: float) -> dict[str, Any]:
 def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
     """Train, then (rank 0 alone) evaluate; other ranks return an empty dict."""
     started = time.perf_counter()
-    trainer.fit()
+    if trainer.start_epoch < trainer.spec.optimizer.epochs:  # a finished run resumed: evaluation only
+        trainer.fit()
     if not trainer.context.is_main:
         return {}
     previous = sum(row.get("seconds", 0.0) for row in trainer.history[:trainer.start_epoch])
@@ -525,6 +527,8 @@ def start_run(spec: ir.Spec, spec_text: str, run_dir: Path, options: RunOptions 
     """
     spec = apply_options(spec, options)
     device = resolve_device(options.device)
+    if distributed.current().is_main:
+        ensure_writable_folder(run_dir, what="the run directory")  # before the data is loaded
     trainer = Trainer(spec, run_dir, options, emit)  # loads data: fail before making the folder
 
     def create() -> None:
@@ -552,10 +556,17 @@ def _int_env(name: str) -> int | None:
 
 
 def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = ignore) -> dict[str, Any]:
-    """Continue a stopped run from its last checkpoint (or from scratch if it has none).
+    """Continue a stopped run from its last checkpoint (or from scratch if no epoch finished).
 
     ``options.seed`` must be None (the run's seed is in its ir.json); ``options.data_root``
-    may point at the data on this machine.
+    may point at the data on this machine. Everything about the folder is checked before
+    the data is loaded: a run whose epochs are recorded but whose ``checkpoints/last.pt`` is
+    gone is an error; a finished run with results.json is reported finished and left as it
+    is; metrics.jsonl is rewritten from the checkpoint (a last line cut short is repaired).
+
+    Raises:
+        TapscError: ``seed-on-resume``, ``missing-checkpoint``, an unwritable folder, and
+            whatever a run raises.
     """
     if options.seed is not None:
         raise TapscError(Diagnostic(code="seed-on-resume", message="`--seed` cannot change a run being resumed",
@@ -563,25 +574,68 @@ def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = i
     context = distributed.current()
     # rank 0 reads the run and sends it: ranks on other machines need not see its folder
     spec = distributed.main_first(lambda: apply_options(rundir.read_spec(run_dir), options), context)
+    state, finished = distributed.main_first(lambda: _resume_state(run_dir, spec, emit), context)
+    epochs = spec.optimizer.epochs
+    results_path = Path(run_dir) / rundir.RESULTS
+    if finished and context.is_main and results_path.is_file():
+        emit(Note(f"{run_dir} is finished: all {epochs} epochs are trained and evaluated ({rundir.RESULTS}); "
+                  "nothing to resume"))
+        import json
+
+        return json.loads(results_path.read_text())
+    if finished:
+        emit(Note(f"{run_dir} trained all {epochs} epochs but has no {rundir.RESULTS}: evaluating it"))
     trainer = Trainer(spec, run_dir, options, emit)
-    state = distributed.main_first(lambda: _read_last_checkpoint(run_dir, trainer), context)
     if state is not None:
+        _note_world_size(state, trainer)
         trainer.restore(state)
-    if trainer.start_epoch:
+    if finished:
+        pass
+    elif trainer.start_epoch:
         emit(Note(f"resuming {run_dir} at epoch {trainer.start_epoch}"))
     else:
         emit(Note(f"{run_dir} has no checkpoint yet: starting it from epoch 0"))
     return _train_and_evaluate(trainer)
 
 
-def _read_last_checkpoint(run_dir: Path, trainer: Trainer) -> dict[str, Any] | None:
-    """Rank 0: drop half-written files and read ``last.pt`` (None when there is none)."""
-    for stale in (Path(run_dir) / rundir.CHECKPOINTS).glob(".*.tmp"):  # a write the kill cut short
+def _resume_state(run_dir: Path, spec: ir.Spec, emit: Emit) -> tuple[dict[str, Any] | None, bool]:
+    """Rank 0, before any data is loaded: (the last checkpoint or None, whether every epoch
+    is trained). Drops half-written checkpoint files and repairs metrics.jsonl.
+
+    Raises:
+        TapscError: the folder is not writable, or epochs are recorded but their checkpoint is gone.
+    """
+    run_dir = Path(run_dir)
+    ensure_writable_folder(run_dir, flag=None, what="the run directory")
+    folder = run_dir / rundir.CHECKPOINTS
+    for stale in folder.glob(".*.tmp"):  # a write the kill cut short
         stale.unlink(missing_ok=True)
+    recorded, dropped = rundir.read_metrics(run_dir)
     last = rundir.checkpoint_path(run_dir, "last")
-    state = rundir.read_checkpoint(last) if last.is_file() else None
-    if state is not None and state.get("world_size", 1) != trainer.context.world_size:
+    if not last.is_file():
+        if recorded:
+            what = "folder" if not folder.is_dir() else "last.pt"
+            raise TapscError(Diagnostic(
+                code="missing-checkpoint",
+                message=f"{run_dir} records {len(recorded)} finished epoch(s) in {rundir.METRICS}, but its "
+                        f"checkpoint {what} is gone ({last})",
+                help=f"restore {rundir.CHECKPOINTS}/ from a copy, or start again with `tapsc run {run_dir}/"
+                     f"{rundir.SPEC} --out NEW_DIR` (the spec as given; add the `--set`s of ir.json)"))
+        folder.mkdir(exist_ok=True)
+        if dropped is not None:
+            rundir.write_metrics(run_dir, [])
+            emit(Note(f"{dropped}", warning=True))
+        return None, False
+    state = rundir.read_checkpoint(last)
+    if dropped is not None or len(recorded) != len(state["metrics"]):
+        rundir.write_metrics(run_dir, list(state["metrics"]))
+        detail = dropped or f"{rundir.METRICS} held {len(recorded)} epoch(s), the checkpoint {len(state['metrics'])}"
+        emit(Note(f"repaired {rundir.METRICS} from the checkpoint: {detail}", warning=True))
+    return state, state["epoch"] + 1 >= spec.optimizer.epochs
+
+
+def _note_world_size(state: dict[str, Any], trainer: Trainer) -> None:
+    if state.get("world_size", 1) != trainer.context.world_size:
         trainer.emit(Note(f"the run was checkpointed with {state.get('world_size', 1)} process(es) and resumes with "
                           f"{trainer.context.world_size}: the data order changes, so it will not repeat an "
                           "uninterrupted run exactly", warning=True))
-    return state

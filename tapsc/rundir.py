@@ -146,6 +146,35 @@ def read_spec(run_dir: Path) -> ir.Spec:
                                     f"{str(error).splitlines()[0]}")) from None
 
 
+def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The epochs recorded in metrics.jsonl, and what was dropped (None when nothing was).
+
+    A last line cut short (a kill or a full disk while the file was written by an older
+    tapsc or copied) is dropped; a bad line before the last is a ``bad-metrics`` error.
+
+    Raises:
+        TapscError: ``bad-metrics`` for a broken line that is not the last.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return [], None
+    lines = [(number, line) for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1)
+             if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if position == len(lines) - 1:
+                return rows, f"line {number} of {path} was cut short ({len(line)} characters) and is ignored"
+            raise TapscError(Diagnostic(code="bad-metrics", message=f"{path}:{number} is not a JSON object",
+                                        help="the file is one JSON object per line, as `tapsc run` writes it"))
+        rows.append(row)
+    return rows, None
+
+
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the checkpoint's history (one line per epoch)."""
     atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(row) + "\n" for row in history))

@@ -39,12 +39,14 @@ def library_files() -> list[tuple[str, str]]:
     return [(f"<library>/{e.name}", e.read_text(encoding="utf-8")) for e in entries]
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ir.Spec:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), warnings: list[Diagnostic] | None = None) -> ir.Spec:
     """Load, validate and check the spec at ``path``.
 
     Args:
         path: a .taps file; its includes resolve relative to its folder.
         overrides: ``--set`` strings such as ``"optimizer.lr=1e-3"``.
+        warnings: when given, the checks' warnings (severity "warning": legal but
+            probably unintended, e.g. a ReLU after the logits) are appended to it.
 
     Raises:
         TapscError: every user mistake, with spans (a missing file included).
@@ -55,7 +57,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ir.Spec:
     except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
         raise TapscError(Diagnostic(code="file-not-found", message=f"cannot read spec `{path}`",
                                     help=getattr(error, "strerror", None) or str(error))) from None
-    return load_spec_text(text, str(path), overrides)
+    return load_spec_text(text, str(path), overrides, warnings)
 
 
 def read_source(path: Path, filename: str, budget: int = limits.SOURCE_BYTES.value) -> str:
@@ -104,7 +106,8 @@ def _byte_span(filename: str, data: bytes, offset: int) -> Span:
     return Span(file=filename, line=line, column=column, end_line=line, end_column=column + 1)
 
 
-def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = ()) -> ir.Spec:
+def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[str] = (),
+                   warnings: list[Diagnostic] | None = None) -> ir.Spec:
     """Like `load_spec` for spec text; includes resolve relative to ``filename``'s folder.
 
     >>> spec = load_spec_text('''
@@ -119,11 +122,38 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
     """
     document, blocks, main_span = build_document(text, filename, overrides)
     spec = validate(document, blocks, main_span)
-    from tapsc.check import run_checks
+    return checked(spec, warnings)
 
-    problems = run_checks(spec)
-    if problems:
-        raise TapscError(problems)
+
+def with_epochs(spec: ir.Spec, epochs: int, warnings: list[Diagnostic] | None = None):
+    """``spec`` rescaled to ``epochs`` epochs (`tapsc.schedule.rescale_epochs`), checked again.
+
+    Returns:
+        The `tapsc.schedule.Rescaled` (its ``spec`` and a summary of the changes).
+
+    Raises:
+        TapscError: too few epochs for the phases, or a check the rescaled spec fails.
+    """
+    from tapsc.schedule import rescale_epochs
+
+    rescaled = rescale_epochs(spec, epochs)
+    checked(rescaled.spec, warnings)
+    return rescaled
+
+
+def checked(spec: ir.Spec, warnings: list[Diagnostic] | None = None) -> ir.Spec:
+    """``spec`` after the semantic checks (tapsc/check.py); their warnings go to ``warnings``.
+
+    Raises:
+        TapscError: the errors among the checks' diagnostics.
+    """
+    from tapsc.check import errors_and_warnings, run_checks
+
+    errors, found = errors_and_warnings(run_checks(spec))
+    if errors:  # the warnings too: a ReLU after the logits explains an empty classifier
+        raise TapscError(errors + found)
+    if warnings is not None:
+        warnings.extend(found)
     return spec
 
 
@@ -231,6 +261,21 @@ def validate(doc: Table, blocks: dict[str, BlockDef], main_span: Span) -> ir.Spe
     if problems:
         raise TapscError(problems)
     try:
-        return ir.Spec.model_validate(plain)
+        spec = ir.Spec.model_validate(plain)
     except ValidationError as error:
         raise TapscError(schema_diagnostics(error, spans, main_span)) from None
+    _attach_field_spans(spec, (), spans)
+    return spec
+
+
+def _attach_field_spans(node: object, loc: tuple, spans: dict) -> None:
+    """Give every IR node the spans of its fields' values (``Node.span_of``), so a check can
+    point at `eps 2` (or at the `--set` that wrote it) rather than at the whole section."""
+    if isinstance(node, ir.Node):
+        fields = {name: spans[(*loc, name)] for name in type(node).model_fields if (*loc, name) in spans}
+        node._field_spans.update(fields)
+        for name in type(node).model_fields:
+            _attach_field_spans(getattr(node, name), (*loc, name), spans)
+    elif isinstance(node, tuple):
+        for index, item in enumerate(node):
+            _attach_field_spans(item, (*loc, index), spans)

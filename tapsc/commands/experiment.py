@@ -18,6 +18,7 @@ from rich.table import Table
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.outputs import ensure_writable_file, ensure_writable_folder
 
 console = Console(highlight=False)
 
@@ -65,7 +66,9 @@ def sweep_command(
         if not set_:
             raise TapscError(Diagnostic(code="nothing-to-sweep", message="`tapsc sweep` needs at least one `--set`",
                                         help="e.g. `--set perturbation.eps=0.05,0.1`"))
-        sweep = Sweep.create(spec, set_, out or default_folder(spec))
+        folder = out or default_folder(spec)
+        ensure_writable_folder(folder)
+        sweep = Sweep.create(spec, set_, folder)
     options = RunOptions(device=device, amp=amp, tf32=tf32, data_root=data_root)
 
     def on_point(point, what: str, total: int) -> None:
@@ -133,15 +136,9 @@ def _read_history(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TapscError(Diagnostic(code="no-metrics", message=f"{run_dir} has no {rundir.METRICS} yet",
                                     help="it is written at the end of every epoch; wait for the first epoch"))
-    history = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            history.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise TapscError(Diagnostic(code="bad-metrics", message=f"{path}:{number} is not a JSON object",
-                                        help="the file is one JSON object per line, as `tapsc run` writes it"))
+    history, dropped = rundir.read_metrics(run_dir)  # a last line cut short is skipped
+    if dropped is not None:
+        console.print(f"[yellow]warning:[/yellow] {escape(dropped)}")
     if not history:
         raise TapscError(Diagnostic(code="no-metrics", message=f"{path} holds no epoch yet",
                                     help="wait for the first epoch to finish"))
@@ -157,8 +154,10 @@ def plot_command(
     """Training curves from metrics.jsonl: loss terms, eps and lr, accuracies, time per epoch."""
     from tapsc.plots import training_curves
 
+    target = out or Path(run_dir) / "plots" / "training.png"
     history = _read_history(run_dir)
-    path = training_curves(history, out or Path(run_dir) / "plots" / "training.png", title=str(run_dir))
+    ensure_writable_file(target, "--out" if out else None)
+    path = training_curves(history, target, title=str(run_dir))
     console.print(f"{len(history)} epochs; wrote {escape(str(path))}")
 
 
@@ -191,11 +190,17 @@ def analyze_command(
                                     help="use `best` or `last`"))
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     summaries = {}
-    for run_dir in run_dirs:
+    folders = {}
+    for run_dir in run_dirs:  # every input and output checked before the first analysis
         if not (Path(run_dir) / "ir.json").is_file():
             raise TapscError(Diagnostic(code="not-a-run", message=f"{run_dir} is not a run directory (no ir.json)",
                                         help="give a folder made by `tapsc run`"))
         folder = (out / Path(run_dir).name if len(run_dirs) > 1 else out) if out else Path(run_dir) / "analysis"
+        folders[run_dir] = ensure_writable_folder(folder, "--out" if out else None)
+    if len(run_dirs) > 1:
+        ensure_writable_folder(out or Path("."), "--out" if out else None)
+    for run_dir in run_dirs:
+        folder = folders[run_dir]
         with _progress(f"analyzing {escape(str(run_dir))}") as advance:
             result = analyze_run(run_dir, samples=samples, which=which, methods=chosen, batch=batch, device=device,
                                  data_root=data_root, split=split, progress=advance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -17,6 +18,8 @@ from tapsc.errors import Diagnostic, TapscError
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 _SET_HELP = "Override a spec setting: path=value, e.g. optimizer.lr=1e-3 (repeatable)."
+_EPOCHS_HELP = ("Rescale the whole schedule (phases, eps ramp, lr milestones) to N epochs, "
+                "as `tapsc run --epochs N` does.")
 STAGES = ("tree", "ir", "graph")
 
 
@@ -25,6 +28,7 @@ STAGES = ("tree", "ir", "graph")
 def check_command(
     specs: list[Path] = typer.Argument(..., help="The .taps specs to validate."),
     set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=_EPOCHS_HELP),
 ) -> None:
     """Validate specs (syntax, schema, shapes, schedule) without training; no GPU or data needed.
 
@@ -34,8 +38,9 @@ def check_command(
     problems: list[Diagnostic] = []
     crash: Exception | None = None
     for path in specs:
+        warnings: list[Diagnostic] = []
         try:
-            summary = check_one(path, set_)
+            summary = check_one(path, set_, warnings=warnings, epochs=epochs)
         except TapscError as error:
             problems.extend(error.diagnostics)
             console.print(f"[red]fail[/red] {escape(str(path))}")
@@ -45,6 +50,7 @@ def check_command(
             console.print(f"[red]fail[/red] {escape(str(path))}  (internal error: {name})")
         else:
             console.print(f"[green]ok[/green]   {escape(str(path))}  ({escape(summary)})")
+            print_warnings(warnings)
     if problems and crash is not None:
         from tapsc.diagnostics import render_error
 
@@ -55,8 +61,19 @@ def check_command(
         raise TapscError(problems)
 
 
-def check_one(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """What `tapsc check` does for one spec: load and check it, and summarise it in words.
+def print_warnings(warnings: list[Diagnostic]) -> None:
+    """Render the checks' warnings on stderr (they do not change the exit status)."""
+    if warnings:
+        from tapsc.diagnostics import render_diagnostics
+
+        err_console.print(render_diagnostics(warnings), soft_wrap=True, markup=False, highlight=False)
+
+
+def check_one(path: Path, overrides: list[str] | tuple[str, ...] = (),
+              warnings: list[Diagnostic] | None = None, epochs: int | None = None) -> str:
+    """What `tapsc check` does for one spec: load and check it (rescaled to ``epochs``
+    when given), and summarise it in words. The checks' warnings are appended to
+    ``warnings`` when it is given.
 
     Raises:
         TapscError: every user mistake in the spec.
@@ -64,9 +81,15 @@ def check_one(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
     from tapsc.printer import layer_rows
     from tapsc.spec import load_spec
 
-    spec = load_spec(path, overrides)
+    spec = load_spec(path, overrides, warnings)
+    rescaled = ""
+    if epochs is not None:
+        from tapsc.spec import with_epochs
+
+        result = with_epochs(spec, epochs, warnings)
+        spec, rescaled = result.spec, f"; {result.summary()}"
     params = sum(row["params"] for row in layer_rows(spec))
-    return f"{spec.data.dataset}, {len(spec.model.layers)} layers, {params:,} parameters"
+    return f"{spec.data.dataset}, {len(spec.model.layers)} layers, {params:,} parameters{rescaled}"
 
 
 @app.command("show")

@@ -9,10 +9,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.outputs import ensure_writable_folder
 
 console = Console(highlight=False)
 
@@ -23,13 +25,23 @@ def default_run_dir(spec_path: Path) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _read_spec(path: Path, overrides: list[str]):
+def _read_spec(path: Path, overrides: list[str], epochs: Optional[int] = None):
     if not path.is_file():
         raise TapscError(Diagnostic(code="missing-spec", message=f"no spec file at {path}",
                                     help="pass the path of a .taps file, e.g. specs/quickstart.taps"))
+    from tapsc.commands.language import print_warnings
     from tapsc.spec import load_spec
 
-    return load_spec(path, overrides), path.read_text()
+    warnings: list[Diagnostic] = []
+    spec = load_spec(path, overrides, warnings)
+    if epochs is not None:
+        from tapsc.spec import with_epochs
+
+        rescaled = with_epochs(spec, epochs)  # the rescaled spec's own warnings are the spec's
+        spec = rescaled.spec
+        console.print(escape(rescaled.summary()), soft_wrap=True)
+    print_warnings(warnings)
+    return spec, path.read_text()
 
 
 @app.command("run")
@@ -37,6 +49,8 @@ def _read_spec(path: Path, overrides: list[str]):
 def run_command(
     spec: Optional[Path] = typer.Argument(None, help="The .taps spec to train (omit with --resume)."),
     set_: list[str] = typer.Option([], "--set", help="Override a spec setting: path=value (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Rescale the whole schedule (phases, eps ramp, "
+                                         "lr milestones) to N epochs: a short run of a long spec."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<spec>-<time>)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override optimizer.seed."),
     device: str = common.DEVICE,
@@ -55,9 +69,10 @@ def run_command(
 
     options = RunOptions(device=device, amp=amp, tf32=tf32, seed=seed, data_root=data_root)
     if resume is not None:
-        if spec is not None or set_:
+        if spec is not None or set_ or epochs is not None:
             raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a run as it was",
-                                        help="drop the spec and `--set` arguments (the run keeps its ir.json)"))
+                                        help="drop the spec, `--set` and `--epochs` arguments (the run keeps its "
+                                             "ir.json)"))
         from tapsc.rundir import read_spec
 
         parsed = read_spec(resume)  # a wrong folder is reported before any worker starts
@@ -67,11 +82,13 @@ def run_command(
         raise TapscError(Diagnostic(code="missing-spec", message="`tapsc run` needs a spec file or `--resume RUN_DIR`",
                                     help="e.g. `tapsc run specs/quickstart.taps`"))
     else:
-        parsed, text = _read_spec(spec, set_)
+        parsed, text = _read_spec(spec, set_, epochs)
         target = out or default_run_dir(spec)
+        ensure_writable_folder(target, what="the run directory")  # before any data, model or worker
         runner = lambda emit: start_run(parsed, text, target, options, emit)  # noqa: E731
         select = parsed.eval.select
         worker_args = [str(spec), "--out", str(target), *(a for s in set_ for a in ("--set", s))]
+        worker_args += ["--epochs", str(epochs)] if epochs is not None else []
     if nproc_per_node is not None:
         distributed.check_nproc(nproc_per_node)
         if nproc_per_node > 1:
@@ -113,6 +130,8 @@ def eval_command(
     if checkpoint not in ("best", "last"):
         raise TapscError(Diagnostic(code="bad-option", message=f"unknown checkpoint `{checkpoint}`",
                                     help="use `best` or `last`"))
+    if Path(run_dir).is_dir():  # eval-<checkpoint>.json goes into the run; a missing run is reported later
+        ensure_writable_folder(run_dir, flag=None, what="the run directory")
     display = make_display(console)
     try:
         results = evaluate_run(run_dir, checkpoint, samples=samples, device=device, data_root=data_root,

@@ -150,8 +150,12 @@ def certify_command(
         raise TapscError(Diagnostic(code="tool-without-merge", message="`--tool` names the verifier of a `--merge`",
                                     help="add `--merge RESULTS` for each `--tool`"))
     from tapsc import distributed
+    from tapsc.outputs import ensure_writable_folder
 
     chosen = _parse_methods(methods)
+    default_out = target if target.is_dir() else checkpoint.parent if checkpoint else None
+    if out is not None or default_out is not None:  # before the model and the data are loaded
+        ensure_writable_folder(out or default_out, "--out" if out else None)
     if nproc_per_node is not None:
         distributed.check_nproc(nproc_per_node)
         if nproc_per_node > 1:
@@ -294,6 +298,11 @@ def export_command(
 
     if not onnx and not vnnlib:
         onnx = vnnlib = True
+    from tapsc.outputs import ensure_writable_folder
+
+    default_out = target if target.is_dir() else checkpoint.parent if checkpoint else None
+    if out is not None or default_out is not None:  # before the model and the data are loaded
+        ensure_writable_folder(out or default_out / "vnncomp", "--out" if out else None)
     loaded = _load_target(target, checkpoint, which, torch.device("cpu"))
     spec = loaded.spec
     if spec.perturbation.norm != "linf":

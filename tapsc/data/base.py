@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
+from tapsc.data.catalogue import CATALOGUE
 from tapsc.errors import Diagnostic, TapscError
 
 Loader = Callable[[Path, bool], Dataset]
@@ -22,7 +23,10 @@ DEFAULT_ROOTS: dict[str, Callable[[], Path]] = {}
 
 
 def loader(name: str, default_root: Callable[[], Path] | None = None):
-    """Register ``fn(root, train) -> Dataset`` as the loader of dataset ``name``."""
+    """Register ``fn(root, train) -> Dataset`` as the loader of dataset ``name``, which
+    must be in the catalogue (tapsc/data/catalogue.py: its shape, classes and range)."""
+    if name not in CATALOGUE:
+        raise ValueError(f"dataset {name!r} is not in tapsc.data.catalogue.CATALOGUE; describe it there first")
 
     def register(fn: Loader) -> Loader:
         LOADERS[name] = fn

@@ -191,10 +191,10 @@ def test_an_internal_error_in_one_file_still_reports_the_others(tmp_path: Path, 
     monkeypatch.chdir(ROOT)
     real = language.check_one
 
-    def flaky(path, overrides=()):
+    def flaky(path, overrides=(), **options):
         if path.name == "quickstart.taps":
             raise RuntimeError("a bug")
-        return real(path, overrides)
+        return real(path, overrides, **options)
 
     monkeypatch.setattr(language, "check_one", flaky)
     bad = tmp_path / "bad.taps"
