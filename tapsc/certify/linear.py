@@ -74,7 +74,7 @@ class LinearBounds:
                  dtype: torch.dtype = CERTIFY_DTYPE):
         rules.register_tapsc_layers()
         self.dtype = dtype
-        self.layers = [copy.deepcopy(layer).to(dtype).eval() for layer in layers]
+        self.layers = [_detached_copy(layer).to(dtype).eval() for layer in layers]
         self.graph: Graph = build_graph(self.layers)
         self.chunk_elements = chunk_elements
         readers = self.graph.consumers()
@@ -264,6 +264,18 @@ class LinearBounds:
         value_BS = (C_BSK.clamp(min=0) * lo_BK.unsqueeze(1) + C_BSK.clamp(max=0) * hi_BK.unsqueeze(1)).sum(-1)
         size_BS = (C_BSK.abs() * rounding.magnitude_of(lo_BK, hi_BK).unsqueeze(1)).sum(-1)
         return rounding.round_down(value_BS - rounding.sum_error(size_BS, lo_BK.shape[1]))
+
+
+def _detached_copy(layer: nn.Module) -> nn.Module:
+    """A deep copy of ``layer`` without the graph tensors a training forward may have left on
+    it (e.g. BatchNorm's batch statistics, which eval mode does not read): those cannot be
+    deep-copied, and the copy is for eval-mode bounds only. The original is not touched."""
+    memo: dict[int, object] = {}
+    for module in layer.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = None
+    return copy.deepcopy(layer, memo)
 
 
 def _is_maxpool(layer: nn.Module) -> bool:

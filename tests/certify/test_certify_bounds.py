@@ -187,3 +187,21 @@ def test_alpha_crown_is_never_looser_than_crown_and_tighter_somewhere(seed):
     alpha = bounds.margin_lower_bounds(lo, hi, labels, "alpha_crown")
     assert (alpha >= crown).all()
     assert (alpha > crown + 1e-6).any(), "the optimised slopes should improve some row"
+
+
+def test_bounds_can_be_taken_of_a_network_fresh_from_a_training_forward():
+    """A training forward leaves graph tensors (BatchNorm's batch statistics) on the layers;
+    the bounds' float64 copy must not trip over them nor change the original."""
+    network = random_network(7)
+    network.train()
+    x = torch.rand(4, *network.input_shape)
+    network(x).sum()  # records batch statistics with a graph
+    recorded = [m.batch_mean for m in network.modules() if hasattr(m, "batch_mean")]
+    assert any(t is not None and not t.is_leaf for t in recorded)
+    bounds = LinearBounds(network.layers)
+    assert network.training and [m.batch_mean for m in network.modules() if hasattr(m, "batch_mean")] == recorded
+    network.eval()
+    _, lo, hi = input_box(network.input_shape, 2, 0.01, 7)
+    labels = torch.tensor([0, 1])
+    torch.testing.assert_close(bounds.margin_lower_bounds(lo, hi, labels, "crown"),
+                               LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown"))

@@ -278,3 +278,59 @@ def test_margin_bounds_of_affine_nets_are_below_the_exact_minimum():
                 got = Fraction(bound[j_row].item())
                 assert got <= exact_min, f"trial {trial} {method}: bound above the exact minimum"
                 assert float(exact_min - got) <= 1e-9 * (1 + scale**2), "the bound should be tight here"
+
+
+def test_ibp_margin_on_a_non_affine_last_layer_is_below_the_exact_difference():
+    """A network ending in a ReLU bounds the margin as lo_y - hi_j of the last box; that
+    subtraction rounds, and the bound must be below its exact value."""
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(5)
+    for trial in range(60):
+        model = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_((torch.randn(p.shape, generator=generator) * 10.0 ** (trial % 3)).float())
+            model[0].bias.add_(30.0)  # active ReLUs: the last box is wide and positive
+        lo = _full_mantissa((1, 4), generator).abs() * 0.3
+        hi = lo + torch.rand((1, 4), generator=generator, dtype=torch.float64) * 0.1
+        labels = torch.tensor([trial % 3])
+        bounds = LinearBounds(list(model))
+        out_lo, out_hi = bounds.node_boxes(lo, hi, "ibp")[-1]
+        bound = bounds.margin_lower_bounds(lo, hi, labels, "ibp")[0]
+        y = int(labels)
+        for row, j in enumerate(k for k in range(3) if k != y):
+            assert Fraction(bound[row].item()) <= Fraction(out_lo[0, y].item()) - Fraction(out_hi[0, j].item())
+
+
+def test_residual_branches_meet_soundly_in_exact_arithmetic():
+    """x + (W1 x + b1) then W2 . + b2: CROWN's bound is the exact minimum, so the rounding of
+    adding the body's and the shortcut's coefficients must be accounted for."""
+    layers = (ir.Residual(body=(ir.Linear(out_features=5),)), ir.Linear(out_features=3))
+    for trial in range(30):
+        torch.manual_seed(trial)
+        network = compile_network(make_spec(layers, input_shape=(5,), normalize=False)).eval()
+        generator = torch.Generator().manual_seed(trial)
+        with torch.no_grad():
+            for p in network.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 10.0 ** (trial % 4 - 1))
+        x = torch.rand((1, 5), generator=generator)
+        labels = torch.tensor([trial % 3])
+        eps = 0.05
+        lo, hi = rounding.perturbation_box(x, eps)
+        body, head = network.layers[0].body[0], network.layers[1]
+        W1 = [[Fraction(v) for v in r] for r in body.weight.double().tolist()]
+        b1 = _fr(body.bias)
+        W2 = [[Fraction(v) for v in r] for r in head.weight.double().tolist()]
+        b2 = _fr(head.bias)
+        M = [[W1[i][k] + (1 if i == k else 0) for k in range(5)] for i in range(5)]  # I + W1
+        los = [max(Fraction(v) - Fraction(eps), Fraction(0)) for v in x.double().flatten().tolist()]
+        his = [min(Fraction(v) + Fraction(eps), Fraction(1)) for v in x.double().flatten().tolist()]
+        y = int(labels)
+        bound = LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown")[0]
+        for row, j in enumerate(k for k in range(3) if k != y):
+            c = [W2[y][i] - W2[j][i] for i in range(5)]
+            coef = [sum(c[i] * M[i][k] for i in range(5)) for k in range(5)]
+            const = sum(c[i] * b1[i] for i in range(5)) + b2[y] - b2[j]
+            exact_min = const + sum(min(a * p, a * q) for a, p, q in zip(coef, los, his))
+            assert Fraction(bound[row].item()) <= exact_min, f"trial {trial}"
