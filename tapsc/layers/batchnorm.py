@@ -120,6 +120,4 @@ class BatchNorm(BoundLayer):
 
     def train(self, mode: bool = True):
         self.constant_affine = None  # eval and training use different statistics
-        if not mode:  # eval uses the running statistics; the batch's (graph tensors) would block deepcopy
-            self.batch_mean = self.batch_var = None
         return super().train(mode)
