@@ -52,6 +52,14 @@ def spec_matrix(labels_B: torch.Tensor, num_classes: int) -> torch.Tensor:
     return eye_KK[labels_B].unsqueeze(1) - eye_KK[others_BJ]
 
 
+def _copy(layer: nn.Module) -> nn.Module:
+    """A deep copy of ``layer``; tensors it recorded during a training forward (BatchNorm's
+    batch statistics, graph nodes that deepcopy refuses) are copied detached."""
+    memo = {id(v): v.detach().clone() for m in layer.modules() for v in vars(m).values()
+            if isinstance(v, torch.Tensor) and not v.is_leaf}
+    return copy.deepcopy(layer, memo)
+
+
 class LinearBounds:
     """IBP, CROWN-IBP and CROWN over one ordered module list (eval mode).
 
@@ -68,7 +76,7 @@ class LinearBounds:
                  dtype: torch.dtype = CERTIFY_DTYPE):
         rules.register_tapsc_layers()
         self.dtype = dtype
-        self.layers = [copy.deepcopy(layer).to(dtype).eval() for layer in layers]
+        self.layers = [_copy(layer).to(dtype).eval() for layer in layers]
         self.graph: Graph = build_graph(self.layers)
         self.chunk_elements = chunk_elements
         readers = self.graph.consumers()
