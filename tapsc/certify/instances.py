@@ -148,6 +148,7 @@ def run_instance(commands: Commands, job: Job, folder: Path, timeout: float, gra
     from tapsc.rundir import atomic_write_text
 
     live = live or _Live()
+    folder = Path(folder).resolve()  # the tool may run in another working directory
     final = result_path(folder, job)
     scratch = Path(folder) / "work" / f"{job.name}.out"
     log_path = Path(folder) / "logs" / f"{job.name}.log"
