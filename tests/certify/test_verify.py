@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import invoke
-from tiny_run import make_run
+from tiny_run import MERGE_EPS, MLP_SPEC, make_run
 
-from tapsc import ir, rundir
+from tapsc import ir, rundir, sweep
 from tapsc.certify.attack import pgd_counterexamples
 from tapsc.certify.report import read_verdicts
 from tapsc.data import load_dataset
 
 pytest.importorskip("onnxruntime")
-EPS = 0.05
+EPS = MERGE_EPS
 
 PREPARE = """#!/bin/bash
 [ "$1" = v1 ] && [ -f "$3" ] && [ -f "$4" ] || exit 2
@@ -63,16 +63,9 @@ def calls(tool: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-@pytest.fixture(scope="module")
-def certified_run(tmp_path_factory) -> Path:
-    run = make_run(tmp_path_factory.mktemp("verify") / "run")
-    assert invoke("certify", run, "--range", "0:40", "--eps", EPS, "--device", "cpu").exit_code == 0
-    return run
-
-
 @pytest.fixture
-def run(certified_run, tmp_path) -> Path:
-    return Path(shutil.copytree(certified_run, tmp_path / "run"))
+def run(tiny_certified_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_certified_run, tmp_path / "run"))
 
 
 def verdicts(run: Path) -> dict[int, tuple[str, str | None]]:
@@ -136,6 +129,9 @@ def test_honest_answers_decide_unknown_samples_and_rerun_skips_decided(run, tmp_
     assert rows[falsified]["source"] == "honest" and rows[proved[0]]["method"] == "honest"
     assert sorted(calls(tool)) == sorted(f"prop_{i}" for i in unknown)
     assert "complete certified accuracy" in result.output
+    # sweep tables and plots read the same number, and prefer it as the certified accuracy
+    assert sweep._complete_rate(run) == complete["rate"]
+    assert sweep.certified_column([{"status": "done", "crown": 0.5, "complete": complete["rate"]}]) == "complete"
     # again: the decided instances keep their result files and are not run; the rest run again
     again = verify(run, tool, "1", "--timeout", "5")
     assert again.exit_code == 0, again.output
@@ -230,7 +226,6 @@ def test_marabou_agrees_with_every_decided_in_house_verdict(tmp_path):
     the cascade decided are handed to Marabou as unknown, and its answers, read back through
     the checked merge (witnesses replayed with onnxruntime), reproduce every in-house verdict."""
     pytest.importorskip("maraboupy")
-    from tiny_run import MLP_SPEC
 
     run = make_run(tmp_path / "mlp", MLP_SPEC)
     assert invoke("certify", run, "--range", "0:12", "--eps", EPS, "--device", "cpu").exit_code == 0

@@ -29,6 +29,9 @@ MLP_SPEC = SPEC.replace("""conv(4, kernel = 3, padding = 1); batchnorm; relu; ma
         flatten; linear(24); relu; linear(10)""", "flatten; linear(12); relu; linear(10)")
 
 
+MERGE_EPS = 0.05  # the radius test_merge_checked and test_verify certify the tiny run at
+
+
 def make_run(folder: Path, text: str = SPEC) -> Path:
     """``folder`` made a run directory with a best checkpoint (150 Adam steps of cross-entropy)."""
     spec = load_spec_text(text)
