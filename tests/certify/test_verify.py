@@ -243,3 +243,24 @@ def test_marabou_agrees_with_every_decided_in_house_verdict(tmp_path):
     (record,) = document["verifiers"]
     assert record["tool"] == "marabou" and record["version"] == "2.0.0"
     assert json.loads((run / "verify" / "marabou" / "manifest.json").read_text())["avgpool_as_conv"] is True
+
+
+@pytest.mark.slow
+def test_neuralsat_proves_and_falsifies_like_the_cascade(tmp_path):
+    """NeuralSAT in its own venv (skipped unless `tapsc verify --setup neuralsat` made one): one
+    certified and one falsified sample, handed over as unknown, come back with the same verdicts."""
+    from tapsc.certify.verifiers import _neuralsat_main, default_neuralsat_env
+
+    if _neuralsat_main(default_neuralsat_env()) is None:
+        pytest.skip("NeuralSAT is not set up (tapsc verify --setup neuralsat)")
+    run = make_run(tmp_path / "mlp", MLP_SPEC)
+    assert invoke("certify", run, "--range", "0:12", "--eps", EPS, "--device", "cpu").exit_code == 0
+    inhouse = verdicts(run)
+    picked = [min(i for i, (v, _) in inhouse.items() if v == kind) for kind in ("certified", "falsified")]
+    for index in picked:
+        forget(run, index)
+    result = invoke("verify", run, "--timeout", "60", "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert {i: verdicts(run)[i] for i in picked} == {i: (inhouse[i][0], "neuralsat") for i in picked}
+    (record,) = json.loads((run / "certify.json").read_text())["verifiers"]
+    assert record["verifier"] == "neuralsat" and record["version"] != "unknown"
