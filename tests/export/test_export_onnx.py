@@ -104,3 +104,10 @@ def test_average_pools_become_equal_convs_for_marabou(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
     plain = export_onnx(network, tmp_path / "plain.onnx", x)
     assert "AveragePool" in plain.ops
+    try:
+        from maraboupy import Marabou
+    except ImportError:
+        return
+    with pytest.raises(NotImplementedError, match="AveragePool"):  # why the flag exists
+        Marabou.read_onnx(str(tmp_path / "plain.onnx"))
+    Marabou.read_onnx(str(tmp_path / "net.onnx"))
