@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
-from tapsc.commands.verify import _export_samples, _load_target, _test_set, console, write_merged
+from tapsc.commands.verify import _load_target, _test_set, console, write_merged
 from tapsc.errors import Diagnostic, TapscError
 
 DEFAULT_TIMEOUT = 60.0  # seconds per instance when the spec sets no export.timeout
@@ -42,6 +42,8 @@ def verify_command(
     verifier_env: Optional[Path] = typer.Option(None, "--verifier-env", help="NeuralSAT's virtual environment "
                                                 "(default ~/.cache/tapsc/neuralsat)."),
     setup: Optional[str] = typer.Option(None, "--setup", help="Install a verifier (neuralsat) and exit."),
+    canaries: int = typer.Option(0, "--canaries", min=0, help="Also hand over the first K samples the "
+                                 "cascade falsified: an unsat on one is a soundness conflict (exit 2)."),
     which: str = typer.Option("best", "--which", help="Checkpoint of the run: best or last."),
     data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
@@ -59,11 +61,11 @@ def verify_command(
         raise TapscError(Diagnostic(code="missing-target", message="which run?",
                                     help="tapsc verify RUN_DIR (certified with `tapsc certify RUN_DIR` first)"))
     driver = verifiers.resolve(verifier, verifier_env)
-    if _verify(run_dir, driver, tool, timeout, grace, jobs, which, data_root):
+    if _verify(run_dir, driver, tool, timeout, grace, jobs, canaries, which, data_root):
         raise typer.Exit(code=2)
 
 
-def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, which, data_root) -> bool:
+def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, data_root) -> bool:
     """Export, run and merge; True when the merge found a soundness conflict."""
     import torch
 
@@ -87,20 +89,23 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, which, data_root)
     folder = run_dir / "verify" / driver.name
     check_provenance(settings, Benchmark(folder, {"provenance": provenance}, {}))  # before anything runs
     verdicts = read_verdicts(run_dir / "certify.json")
-    unknown = {v.index: v for v in map(inhouse, verdicts) if v.verdict == "unknown"}
+    own = {v.index: v for v in map(inhouse, verdicts)}
+    unknown = [i for i, v in own.items() if v.verdict == "unknown"]
+    checks = [i for i, v in own.items() if v.verdict == "falsified"][:canaries]
     spec = loaded.spec
     seconds = timeout or (spec.export.timeout if "timeout" in spec.export.model_fields_set else DEFAULT_TIMEOUT)
     if not unknown:
         console.print("the in-house cascade left no sample unknown: nothing to verify")
         return False
     test_set = _test_set(spec, data_root)
-    samples = _export_samples(loaded.network, test_set, len(unknown), unknown, only_unknown=True)
+    samples = _samples(loaded.network, test_set, sorted(unknown + checks), own)
     if not _reusable(folder, provenance, {s.index for s in samples}, driver.pool_as_conv):
         _export(folder, loaded, samples, eps, seconds, spec, test_set, driver.pool_as_conv)
     bench = load_benchmark(folder)
     jobs_list = [Job(runner_name(i.onnx, i.vnnlib), (folder / i.onnx).resolve(), (folder / i.vnnlib).resolve())
                  for i in bench.instances.values()]
-    console.print(f"verifying {len(jobs_list)} unknown sample(s) of {escape(str(run_dir))} with "
+    also = f" and {len(checks)} falsified one(s) as canaries" if checks else ""
+    console.print(f"verifying {len(unknown)} unknown sample(s){also} of {escape(str(run_dir))} with "
                   f"{escape(driver.name)} {escape(driver.version)}: {seconds:g} s each, {jobs} at a time")
     started = time.perf_counter()
     outcomes = _run_with_progress(run_instances, driver, jobs_list, folder, seconds, grace, jobs)
@@ -110,7 +115,8 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, which, data_root)
     previous = [MergedFile.from_row(row) for row in document.get("merges", [])
                 if not (row["tool"] == driver.name and Path(row["path"]).resolve() == results.resolve())]
     report = merge(verdicts, bench, [ResultsFile(results, driver.name)], previous)
-    record = {**driver.record(), "timeout": seconds, "grace": grace, "jobs": jobs, "benchmark": str(folder),
+    record = {**driver.record(), "timeout": seconds, "grace": grace, "jobs": jobs, "canaries": checks,
+              "benchmark": str(folder),
               "instances": len(outcomes), "ran": sum(not o.skipped for o in outcomes),
               "skipped_decided": sum(o.skipped for o in outcomes), "wall_seconds": round(wall, 3),
               "words": dict(sorted(Counter(o.word for o in outcomes).items()))}
@@ -120,6 +126,17 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, which, data_root)
     console.print(f"complete certified accuracy: {100 * complete['rate']:.2f}% ({complete['certified']} of "
                   f"{complete['samples']} samples; {complete['unknown']} still unknown) in {wall:.1f} s")
     return conflict
+
+
+def _samples(network, test_set, indices, verdicts) -> list:
+    """The export's samples (correctly classified ones; the cascade's verdict recorded)."""
+    import torch
+
+    from tapsc.export.benchmark import Sample, correctly_classified
+
+    batch = [Sample(i, torch.as_tensor(test_set[i][0]).float(), int(test_set[i][1]), verdicts[i].verdict)
+             for i in indices]
+    return correctly_classified(network, batch)[0]
 
 
 def _reusable(folder: Path, provenance: dict, indices: set[int], pool_as_conv: bool) -> bool:

@@ -264,3 +264,19 @@ def test_neuralsat_proves_and_falsifies_like_the_cascade(tmp_path):
     assert {i: verdicts(run)[i] for i in picked} == {i: (inhouse[i][0], "neuralsat") for i in picked}
     (record,) = json.loads((run / "certify.json").read_text())["verifiers"]
     assert record["verifier"] == "neuralsat" and record["version"] != "unknown"
+
+
+def test_an_unsat_on_a_canary_is_a_soundness_conflict(run, tmp_path):
+    """`--canaries 1` also hands over the first falsified sample: a tool that says unsat to
+    everything contradicts tapsc's counterexample, and the command says so and exits 2."""
+    canary = min(with_verdict(run, "falsified"))
+    unknown = with_verdict(run, "unknown")
+    tool = make_tool(tmp_path / "yes_man", dict.fromkeys([canary, *unknown], "unsat\n"))
+    result = verify(run, tool, "2", "--timeout", "5", "--canaries", "1")
+    assert result.exit_code == 2 and "SOUNDNESS CONFLICT" in result.output
+    assert f"prop_{canary}" in calls(tool)
+    assert verdicts(run)[canary] == ("falsified", "attack")
+    document = json.loads((run / "certify.json").read_text())
+    (conflict,) = document["conflicts"]
+    assert conflict["index"] == canary and conflict["proved_by"] == "yes_man"
+    assert document["verifiers"][0]["canaries"] == [canary]
