@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
-from tapsc.commands.verify import _load_target, _test_set, console, write_merged
 from tapsc.errors import Diagnostic, TapscError
+
+console = Console(highlight=False)
 
 DEFAULT_TIMEOUT = 60.0  # seconds per instance when the spec sets no export.timeout
 
@@ -74,6 +76,7 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, 
                                      inhouse, load_benchmark, merge)
     from tapsc.certify.report import read_document, read_verdicts
     from tapsc.certify.results import runner_name
+    from tapsc.commands.verify import _load_target, _test_set, write_merged
 
     if not run_dir.is_dir():
         raise TapscError(Diagnostic(code="missing-target", message=f"{run_dir} is not a run directory",
