@@ -30,6 +30,9 @@ from tapsc.errors import Diagnostic, TapscError
 CATEGORY = "tapsc"  # the VNN-COMP benchmark category passed to a tool's scripts
 NEURALSAT_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "neuralsat")
 MARABOU_PACKAGE = "maraboupy==2.0.0"
+# Marabou 2.0.0 answered unsat on a quickstart sample whose PGD counterexample onnxruntime
+# replays (sample 63, eps 0.1): by default a few falsified samples go along as canaries
+MARABOU_CANARIES = 2
 
 
 def default_neuralsat_env() -> Path:
@@ -45,6 +48,7 @@ class Driver(Commands):
     version: str
     settings: dict = field(default_factory=dict)
     pool_as_conv: bool = False
+    canaries: int = 0  # falsified samples handed over by default, to catch a wrong unsat
     cwd: Path | None = None
     prepare_argv: Callable[[Job], list[str] | None] = lambda job: None
     run_argv: Callable[[Job, Path, float], list[str]] = lambda job, result, timeout: []
@@ -112,7 +116,7 @@ def marabou(argument: str, env: Path | None) -> Driver:
                                     help=f"pip install {MARABOU_PACKAGE}")) from None
     python = sys.executable
     return Driver("marabou", "marabou", version, {"python": python, "runner": "tapsc.certify.marabou_runner"},
-                  pool_as_conv=True,
+                  pool_as_conv=True, canaries=MARABOU_CANARIES,
                   run_argv=lambda job, result, timeout: [python, "-m", "tapsc.certify.marabou_runner", str(job.onnx),
                                                          str(job.vnnlib), str(result), _seconds(timeout)])
 

@@ -44,8 +44,9 @@ def verify_command(
     verifier_env: Optional[Path] = typer.Option(None, "--verifier-env", help="NeuralSAT's virtual environment "
                                                 "(default ~/.cache/tapsc/neuralsat)."),
     setup: Optional[str] = typer.Option(None, "--setup", help="Install a verifier (neuralsat) and exit."),
-    canaries: int = typer.Option(0, "--canaries", min=0, help="Also hand over the first K samples the "
-                                 "cascade falsified: an unsat on one is a soundness conflict (exit 2)."),
+    canaries: Optional[int] = typer.Option(None, "--canaries", min=0, help="Also hand over the first K samples "
+                                           "the cascade falsified: an unsat on one is a soundness conflict "
+                                           "(exit 2). Default 2 for marabou, else 0."),
     which: str = typer.Option("best", "--which", help="Checkpoint of the run: best or last."),
     data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
@@ -63,6 +64,7 @@ def verify_command(
         raise TapscError(Diagnostic(code="missing-target", message="which run?",
                                     help="tapsc verify RUN_DIR (certified with `tapsc certify RUN_DIR` first)"))
     driver = verifiers.resolve(verifier, verifier_env)
+    canaries = driver.canaries if canaries is None else canaries
     if _verify(run_dir, driver, tool, timeout, grace, jobs, canaries, which, data_root):
         raise typer.Exit(code=2)
 
