@@ -89,7 +89,7 @@ def _is_distributed_worker() -> bool:
 
 # Each command module adds its commands to `app` when imported; they import `app`
 # from here, so this import stays at the bottom.
-from tapsc.commands import experiment, language, train, verify  # noqa: E402, F401
+from tapsc.commands import complete, experiment, language, train, verify  # noqa: E402, F401
 
 if __name__ == "__main__":
     sys.exit(main())

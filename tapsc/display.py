@@ -16,7 +16,8 @@ from tapsc.events import (BatchEnded, EpochEnded, EpochStarted, EvalEnded, EvalP
                           RunFinished, RunStarted)
 
 METRIC_NAMES = {"natural": "natural", "pgd": "PGD", "ibp": "IBP-certified", "taps": "TAPS",
-                "crown_ibp": "CROWN-IBP-certified", "crown": "CROWN-certified"}
+                "crown_ibp": "CROWN-IBP-certified", "crown": "CROWN-certified",
+                "complete": "complete-certified"}
 EPOCH_COLUMNS = ("epoch", "phase", "eps", "lr", "loss", "train nat", "nat", "IBP", "select", "time")
 EPOCH_WIDTHS = (6, 7, 7, 7, 7, 9, 7, 7, 9, 6)
 

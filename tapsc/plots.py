@@ -19,7 +19,8 @@ from tapsc.display import METRIC_NAMES
 from tapsc.errors import Diagnostic, TapscError
 
 ACCURACY_COLORS = {"natural": "tab:blue", "pgd": "tab:orange", "taps": "tab:green", "ibp": "tab:red",
-                   "crown_ibp": "tab:purple", "crown": "tab:brown", "certified": "tab:brown"}
+                   "crown_ibp": "tab:purple", "crown": "tab:brown", "certified": "tab:brown",
+                   "complete": "black"}
 ESTIMATE_COLORS = {"ibp": "tab:red", "crown_ibp": "tab:purple", "crown": "tab:brown", "sabr": "tab:pink",
                    "taps": "tab:green", "pgd": "tab:orange"}
 ESTIMATE_NAMES = {"ibp": "IBP", "crown_ibp": "CROWN-IBP", "crown": "CROWN", "sabr": "SABR", "taps": "TAPS",

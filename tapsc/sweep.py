@@ -42,8 +42,10 @@ PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal for this process when its pare
 
 SWEEP_JSON, SWEEP_CSV = "sweep.json", "sweep.csv"
 POINT_LOG = "sweep.log"  # a parallel point's stdout and stderr, inside its run directory
-METRIC_COLUMNS = ("natural", "pgd", "ibp", "taps", "crown_ibp", "crown")
-CERTIFIED_ORDER = ("crown", "crown_ibp", "ibp")  # the tightest certified accuracy a point has
+# "complete": certified accuracy after `tapsc verify` (a complete verifier on the cascade's unknown
+# samples), read from the run's certify.json; the others from results.json
+METRIC_COLUMNS = ("natural", "pgd", "ibp", "taps", "crown_ibp", "crown", "complete")
+CERTIFIED_ORDER = ("complete", "crown", "crown_ibp", "ibp")  # the tightest certified accuracy a point has
 _OPEN, _CLOSE = "([{", ")]}"
 
 
@@ -447,12 +449,20 @@ def collect(sweep: Sweep, failures: dict[int, str] | None = None) -> list[dict[s
         row["status"] = status
         metrics = results.get("metrics", {})
         row.update({name: metrics.get(name) for name in METRIC_COLUMNS})
+        row["complete"] = _complete_rate(run_dir)
         row["train_seconds"] = results.get("train_seconds")
         best = results.get("best") or {}
         row["best_epoch"] = best.get("epoch")
         row["run_dir"] = str(run_dir)
         rows.append(row)
     return rows
+
+
+def _complete_rate(run_dir: Path) -> float | None:
+    from tapsc.certify.report import read_complete
+
+    complete = read_complete(run_dir)
+    return None if complete is None else complete.get("rate")
 
 
 def columns(sweep: Sweep) -> list[str]:

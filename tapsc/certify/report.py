@@ -49,6 +49,26 @@ def summarize(verdicts: Sequence[SampleVerdict], methods: Sequence[str]) -> dict
             "seconds": seconds, "seconds_per_sample": seconds / total if total else 0.0}
 
 
+def complete_summary(summary: dict, verifiers: Sequence[dict]) -> dict:
+    """The complete certified accuracy after `tapsc verify`: in-house certificates plus the
+    checked ``unsat`` answers of the verifiers (what certify.json's ``complete`` holds)."""
+    counts = summary["counts"]
+    total = counts["samples"]
+    return {"rate": summary["rates"]["certified"], "certified": counts["certified"], "samples": total,
+            "unknown": counts["unknown"], "falsified": counts["falsified"],
+            "verifiers": [v.get("tool") for v in verifiers]}
+
+
+def read_complete(path: Path) -> dict | None:
+    """certify.json's ``complete`` block (a folder or the file), or None when `tapsc verify` has not run."""
+    path = Path(path)
+    path = path / JSON_NAME if path.is_dir() else path
+    try:
+        return json.loads(path.read_text()).get("complete") if path.is_file() else None
+    except ValueError:
+        return None
+
+
 def write_results(out_dir: Path, verdicts: Sequence[SampleVerdict], summary: dict, settings: dict,
                   extra: dict | None = None) -> tuple[Path, Path]:
     """Write certify.json (with ``extra`` keys, e.g. merges) and certify.csv into ``out_dir``, atomically."""

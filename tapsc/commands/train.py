@@ -139,3 +139,18 @@ def eval_command(
     finally:
         display.close()
     console.print(results_table(results, title=f"{run_dir} ({checkpoint} checkpoint)"))
+    _print_complete(run_dir)
+
+
+def _print_complete(run_dir: Path) -> None:
+    """The complete certified accuracy `tapsc verify` wrote into certify.json, if it ran."""
+    from rich.markup import escape
+
+    from tapsc.certify.report import read_complete
+    from tapsc.display import METRIC_NAMES
+
+    complete = read_complete(run_dir)
+    if complete:
+        console.print(f"{METRIC_NAMES['complete']} (certify.json, `tapsc verify` with "
+                      f"{escape(', '.join(map(str, complete['verifiers'])))}): {100 * complete['rate']:.2f}% "
+                      f"({complete['certified']} of {complete['samples']} samples, {complete['unknown']} unknown)")

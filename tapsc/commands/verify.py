@@ -232,10 +232,8 @@ def _progress(total: int, where: Console = console):
 def _merge(base: Path, results: list[Path], tools: list[str], benchmark: Optional[Path]) -> None:
     """Check verifier results and merge them into the certify.json in ``base`` (accumulating);
     exit 2 on a soundness conflict."""
-    from rich.table import Table
-
     from tapsc.certify.merge import MergedFile, ResultsFile, check_provenance, load_benchmark, merge
-    from tapsc.certify.report import read_document, read_verdicts, summarize, summary_table, write_results
+    from tapsc.certify.report import read_document, read_verdicts
 
     if tools and len(tools) != len(results):
         raise TapscError(Diagnostic(code="tool-count", message=f"{len(results)} `--merge` but {len(tools)} `--tool`",
@@ -247,13 +245,29 @@ def _merge(base: Path, results: list[Path], tools: list[str], benchmark: Optiona
     sources = [ResultsFile(path, name) for path, name in zip(results, tools or ["verifier"] * len(results))]
     previous = [MergedFile.from_row(row) for row in document.get("merges", [])]
     report = merge(verdicts, bench, sources, previous)
+    if write_merged(base, document, report):
+        raise typer.Exit(code=2)
+
+
+def write_merged(base: Path, document: dict, report, verifiers: Optional[list[dict]] = None) -> bool:
+    """Write a merge's verdicts into ``base``'s certify.json/.csv and show them; True on a conflict.
+
+    ``verifiers`` (the runs of `tapsc verify`, default: those certify.json records) are kept,
+    and with them the ``complete`` certified accuracy, recomputed from the merged verdicts.
+    """
+    from rich.table import Table
+
+    from tapsc.certify.report import complete_summary, summarize, summary_table, write_results
+
     settings = document.get("settings", {})
     methods = list(settings.get("methods", [])) + list(dict.fromkeys(f.tool for f in report.files))
     summary = summarize(report.verdicts, methods)
-    json_path, _ = write_results(base, report.verdicts, summary, settings, extra={
-        "merges": [f.row() for f in report.files],
-        "problems": [p.__dict__ for p in report.problems],
-        "conflicts": [c.__dict__ for c in report.conflicts]})
+    verifiers = document.get("verifiers", []) if verifiers is None else verifiers
+    extra = {"merges": [f.row() for f in report.files], "problems": [p.__dict__ for p in report.problems],
+             "conflicts": [c.__dict__ for c in report.conflicts]}
+    if verifiers:
+        extra.update(verifiers=verifiers, complete=complete_summary(summary, verifiers))
+    json_path, _ = write_results(base, report.verdicts, summary, settings, extra=extra)
     table = Table(title="merged verifier results")
     for column in ("tool", "results", "answers"):
         table.add_column(column)
@@ -269,7 +283,7 @@ def _merge(base: Path, results: list[Path], tools: list[str], benchmark: Optiona
     if report.conflicts:
         lines = "\n".join(escape(c.message()) for c in report.conflicts)
         console.print(Panel(lines, title=f"{len(report.conflicts)} SOUNDNESS CONFLICT(S)", style="bold red"))
-        raise typer.Exit(code=2)
+    return bool(report.conflicts)
 
 
 # ---------------------------------------------------------------- tapsc export

@@ -119,7 +119,8 @@ def correctly_classified(network: nn.Module, samples: Sequence[Sample]) -> tuple
 
 def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample], eps: float, timeout: float,
                     opset: int = 13, onnx: bool = True, vnnlib: bool = True,
-                    parity_inputs: torch.Tensor | None = None, provenance: dict | None = None) -> BenchmarkReport:
+                    parity_inputs: torch.Tensor | None = None, provenance: dict | None = None,
+                    pool_as_conv: bool = False) -> BenchmarkReport:
     """Write the VNN-COMP folder for ``samples`` (misclassified ones are skipped).
 
     Args:
@@ -127,6 +128,8 @@ def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample]
         provenance: what the benchmark was made from (eps, norm, dataset, split,
             checkpoint_sha256, spec_sha256), copied into manifest.json; ``tapsc certify
             --merge`` refuses results whose manifest does not match certify.json's.
+        pool_as_conv: average pooling as an equal fixed-weight Conv (for Marabou);
+            recorded in manifest.json.
     """
     out_dir = Path(out_dir)
     kept, dropped = correctly_classified(network, samples)
@@ -135,16 +138,17 @@ def write_benchmark(out_dir: Path, network: nn.Module, samples: Sequence[Sample]
                              [warning] if warning and vnnlib else [])
     if onnx:
         inputs = parity_inputs if parity_inputs is not None else torch.stack([s.x for s in samples[:100]])
-        report.onnx = export_onnx(network, out_dir / "onnx" / ONNX_NAME, inputs.float(), opset)
+        report.onnx = export_onnx(network, out_dir / "onnx" / ONNX_NAME, inputs.float(), opset,
+                                  pool_as_conv=pool_as_conv)
     elif vnnlib and not (out_dir / "onnx" / ONNX_NAME).exists():
         report.warnings.append(f"{out_dir / 'onnx' / ONNX_NAME} does not exist yet; add --onnx")
     if vnnlib:
-        _write_properties(out_dir, kept, eps, per_instance, network.num_classes, provenance or {})
+        _write_properties(out_dir, kept, eps, per_instance, network.num_classes, provenance or {}, pool_as_conv)
     return report
 
 
 def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, timeout: int | float,
-                      num_classes: int, provenance: dict):
+                      num_classes: int, provenance: dict, pool_as_conv: bool = False):
     folder = out_dir / "vnnlib"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("prop_*.vnnlib"):  # a previous export's properties would mislead
@@ -164,5 +168,6 @@ def _write_properties(out_dir: Path, samples: Sequence[Sample], eps: float, time
                 "onnx_sha256": file_sha256(onnx_file) if onnx_file.is_file() else None,
                 "provenance": {**provenance, "eps": eps, "norm": "linf"},
                 "input_units": "[0, 1] pixels (normalisation is inside the ONNX graph)",
+                "avgpool_as_conv": pool_as_conv,
                 "result_meaning": "unsat = robust, sat = counterexample", "instances": instances}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

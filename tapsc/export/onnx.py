@@ -10,7 +10,11 @@ The network is first lowered to a plain torch model of folded layers (`export_mo
   add or a ReLU, a normalisation before a conv with zero padding: padding would pad the
   raw pixels instead of the normalised ones) becomes a 1x1 ``Conv`` (images) or a
   ``Gemm`` (vectors) with a diagonal weight: a plain op with no broadcasting;
-- a residual block becomes ``body(x) + shortcut(x)`` (an ``Add``).
+- a residual block becomes ``body(x) + shortcut(x)`` (an ``Add``);
+- with ``pool_as_conv`` (for Marabou, which rejects ``AveragePool``), average pooling
+  becomes the equal fixed-weight ``Conv``: a depthwise-diagonal kernel of 1/k^2 with the
+  pool's stride and zero padding (PyTorch's pooling counts padded zeros in the divisor, so
+  the two agree exactly up to float rounding).
 
 The ONNX file has one float32 input of shape (1, *input_shape) and one output (raw
 logits), opset 13..17, weights inside the file (the TorchScript exporter, not dynamo).
@@ -183,10 +187,45 @@ def _build(layers: Sequence[nn.Module], probe: torch.Tensor) -> nn.Sequential:
     return _fold(_lower(layers, probe), probe)
 
 
-def export_model(network: nn.Module) -> nn.Sequential:
-    """The network as a plain eval-mode ``nn.Sequential`` of folded torch layers (same function)."""
+def _pool_conv(pool: nn.AvgPool2d, channels: int) -> nn.Conv2d:
+    """A Conv2d equal to ``pool`` (count_include_pad, no ceil mode) on ``channels`` channels."""
+    kernel = pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * 2
+    conv = nn.Conv2d(channels, channels, kernel, pool.stride, pool.padding, bias=False)
+    weight = torch.zeros(channels, channels, *kernel)
+    weight[range(channels), range(channels)] = 1.0 / (kernel[0] * kernel[1])
+    conv.weight.data.copy_(weight)
+    return conv
+
+
+def _pools_as_convs(module: nn.Module, probe: torch.Tensor) -> nn.Module:
+    """Replace every AvgPool2d in ``module`` (a Sequential, residuals included) by its Conv2d."""
+    if isinstance(module, ResidualAdd):
+        return ResidualAdd(_pools_as_convs(module.body, probe), _pools_as_convs(module.shortcut, probe))
+    if isinstance(module, nn.AvgPool2d):
+        if module.ceil_mode or not module.count_include_pad:
+            raise UnsupportedExport("an average pool with ceil_mode or without count_include_pad has no fixed conv")
+        return _pool_conv(module, probe.shape[1])
+    if not isinstance(module, nn.Sequential):
+        return module
+    replaced = []
+    for child in module:
+        child = _pools_as_convs(child, probe)
+        replaced.append(child)
+        probe = child(probe)
+    return nn.Sequential(*replaced)
+
+
+def export_model(network: nn.Module, pool_as_conv: bool = False) -> nn.Sequential:
+    """The network as a plain eval-mode ``nn.Sequential`` of folded torch layers (same function).
+
+    Args:
+        pool_as_conv: write each average pool as the equal fixed-weight Conv2d (Marabou).
+    """
     with torch.no_grad():
-        model = _build(network.layers, torch.zeros(1, *network.input_shape))
+        probe = torch.zeros(1, *network.input_shape)
+        model = _build(network.layers, probe)
+        if pool_as_conv:
+            model = _pools_as_convs(model, probe)
     return model.eval()
 
 
@@ -209,14 +248,14 @@ class OnnxReport:
         return self.max_abs_diff is not None and self.max_abs_diff <= self.tolerance
 
 
-def write_onnx(network: nn.Module, path: Path, opset: int = 13) -> list[str]:
+def write_onnx(network: nn.Module, path: Path, opset: int = 13, pool_as_conv: bool = False) -> list[str]:
     """Export the folded network to ``path`` (one file, batch 1); returns the op types used."""
     import onnx
 
     if not 13 <= opset <= 17:
         raise UnsupportedExport(f"opset {opset} is outside 13..17",
                                 help="onnx2torch-based verifiers cannot read newer opsets; set export.opset")
-    model = export_model(network)
+    model = export_model(network, pool_as_conv)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, *network.input_shape)
@@ -225,12 +264,29 @@ def write_onnx(network: nn.Module, path: Path, opset: int = 13) -> list[str]:
         torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["logits"], do_constant_folding=True)
     graph = onnx.load(str(path))
+    if _inline_shared_weights(graph):
+        onnx.save(graph, str(path))
     onnx.checker.check_model(graph, full_check=True)
     ops = sorted({node.op_type for node in graph.graph.node})
     odd = sorted(set(ops) - PLAIN_OPS)
     assert not odd, f"the exported graph uses ops beyond the plain set: {odd}"
     assert len(graph.graph.input) == 1 and len(graph.graph.output) == 1, "ONNX must have one input and one output"
+    assert not (pool_as_conv and "AveragePool" in ops), "pool_as_conv left an AveragePool in the graph"
     return ops
+
+
+def _inline_shared_weights(model) -> bool:
+    """Drop the ``Identity`` nodes the exporter adds when two layers have equal weights (it
+    stores the tensor once): each gets its own copy, so the graph keeps to plain ops."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    shared = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in weights]
+    for node in shared:
+        copy = graph.initializer.add()
+        copy.CopyFrom(weights[node.input[0]])
+        copy.name = node.output[0]
+        graph.node.remove(node)
+    return bool(shared)
 
 
 def onnx_parity(network: nn.Module, path: Path, x_BX: torch.Tensor) -> float | None:
@@ -250,18 +306,26 @@ def onnx_parity(network: nn.Module, path: Path, x_BX: torch.Tensor) -> float | N
     return worst
 
 
+RANDOM_PARITY_INPUTS = 16  # uniform [0, 1] inputs added to the parity check of a rewritten graph
+
+
 def export_onnx(network: nn.Module, path: Path, x_BX: torch.Tensor, opset: int = 13,
-                tolerance: float = 1e-5) -> OnnxReport:
+                tolerance: float = 1e-5, pool_as_conv: bool = False) -> OnnxReport:
     """Write the ONNX file and check it against the (unfolded) network on ``x_BX``.
 
     The tolerance is absolute for logits of magnitude up to 1 and relative above
-    (float32 cannot hold 1e-5 absolute on logits of size 100).
+    (float32 cannot hold 1e-5 absolute on logits of size 100). With ``pool_as_conv``
+    the check also runs on `RANDOM_PARITY_INPUTS` seeded uniform [0, 1] inputs.
 
     Raises:
         UnsupportedExport: for a layer with no ONNX form, or a parity failure.
     """
     network = network.eval()
-    ops = write_onnx(network, path, opset)
+    ops = write_onnx(network, path, opset, pool_as_conv)
+    if pool_as_conv:
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.rand(RANDOM_PARITY_INPUTS, *network.input_shape, generator=generator)
+        x_BX = torch.cat([x_BX.float().cpu(), noise])
     diff = onnx_parity(network, path, x_BX)
     with torch.no_grad():
         scale = max(1.0, float(network(x_BX.float().cpu()).abs().max())) if len(x_BX) else 1.0

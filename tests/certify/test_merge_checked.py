@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import invoke
-from tiny_run import make_run
+from tiny_run import MERGE_EPS
 
 from tapsc import ir, rundir
 from tapsc.certify.attack import pgd_counterexamples
@@ -33,7 +33,7 @@ from tapsc.data import load_dataset
 from tapsc.export.vnnlib import read_property
 
 pytest.importorskip("onnxruntime")
-EPS = 0.05
+EPS = MERGE_EPS
 
 PREPARE = """#!/bin/bash
 # prepare_instance.sh v1 CATEGORY ONNX VNNLIB
@@ -120,10 +120,9 @@ def run_tool(tool: Path, benchmark: Path, out: Path, only: set[int], timeout: fl
 
 
 @pytest.fixture(scope="module")
-def certified_run(tmp_path_factory) -> Path:
+def certified_run(tiny_certified_run, tmp_path_factory) -> Path:
     """A run certified at EPS with its benchmark exported into run/vnncomp."""
-    run = make_run(tmp_path_factory.mktemp("merge") / "run")
-    assert invoke("certify", run, "--range", "0:40", "--eps", EPS, "--device", "cpu").exit_code == 0
+    run = Path(shutil.copytree(tiny_certified_run, tmp_path_factory.mktemp("merge") / "run"))
     exported = invoke("export", run, "--eps", EPS, "--samples", 30)
     assert exported.exit_code == 0, exported.output
     return run

@@ -25,9 +25,16 @@ export { samples 30; timeout 2000 }
 """
 
 
-def make_run(folder: Path) -> Path:
+MLP_SPEC = SPEC.replace("""conv(4, kernel = 3, padding = 1); batchnorm; relu; maxpool(kernel = 2)
+        flatten; linear(24); relu; linear(10)""", "flatten; linear(12); relu; linear(10)")
+
+
+MERGE_EPS = 0.05  # the radius test_merge_checked and test_verify certify the tiny run at
+
+
+def make_run(folder: Path, text: str = SPEC) -> Path:
     """``folder`` made a run directory with a best checkpoint (150 Adam steps of cross-entropy)."""
-    spec = load_spec_text(SPEC)
+    spec = load_spec_text(text)
     torch.manual_seed(0)
     network = compile_network(spec)
     train = load_dataset(spec.data, train=True, shape=(1, 8, 8))
@@ -40,6 +47,6 @@ def make_run(folder: Path) -> Path:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    rundir.create(folder, spec, SPEC)
+    rundir.create(folder, spec, text)
     rundir.save_checkpoint(rundir.checkpoint_path(folder, "best"), {"model": network.state_dict()})
     return folder

@@ -81,3 +81,33 @@ def test_opset_outside_13_to_17_is_refused(tmp_path):
     network = random_network(11, layers=MLP)
     with pytest.raises(UnsupportedExport, match="opset 18"):
         export_onnx(network, tmp_path / "net.onnx", torch.rand(2, *network.input_shape), opset=18)
+
+
+POOLED = (ir.Conv(out_channels=3, kernel=3, padding=1), ir.ReLU(), ir.AvgPool(kernel=3, stride=2, padding=1),
+          ir.Residual(body=(ir.AvgPool(kernel=3, stride=1, padding=1),)), ir.AvgPool(kernel=2), ir.Flatten(),
+          ir.Linear(out_features=3))
+
+
+def test_average_pools_become_equal_convs_for_marabou(tmp_path):
+    """`pool_as_conv` leaves no AveragePool (Marabou rejects it) and onnxruntime agrees with
+    the pooled network on real and random inputs (padded pools count zeros, as PyTorch does)."""
+    network = random_network(11, layers=POOLED, normalize=False)
+    x = torch.rand(4, *network.input_shape)
+    report = export_onnx(network, tmp_path / "net.onnx", x, pool_as_conv=True)
+    assert "AveragePool" not in report.ops and "Conv" in report.ops
+    assert report.parity_inputs == 4 + 16 and report.parity_ok
+    session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
+    noise = torch.rand(32, *network.input_shape, generator=torch.Generator().manual_seed(5)) * 4 - 2
+    with torch.no_grad():
+        expected = network(noise)
+    got = torch.cat([torch.from_numpy(session.run(None, {"input": row[None].numpy()})[0]) for row in noise])
+    assert torch.allclose(got, expected, atol=1e-5)
+    plain = export_onnx(network, tmp_path / "plain.onnx", x)
+    assert "AveragePool" in plain.ops
+    try:
+        from maraboupy import Marabou
+    except ImportError:
+        return
+    with pytest.raises(NotImplementedError, match="AveragePool"):  # why the flag exists
+        Marabou.read_onnx(str(tmp_path / "plain.onnx"))
+    Marabou.read_onnx(str(tmp_path / "net.onnx"))
