@@ -6,8 +6,10 @@ The box of every layer's input comes from IBP (one interval pass); a linear lowe
 layer by layer to the input and concretised over the input box:
 
 - affine kinds (conv, linear, batchnorm, normalize, flatten, avgpool, identity): exact,
-  A_in = A J and bias += A . f(0), with J^T A from autograd (``create_graph``, so the
-  bound stays differentiable in the weights; no layer needs a hand-written transpose);
+  A_in = A J and bias += A . f(0). Conv and linear use their weights directly
+  (``TRANSPOSES``: a transposed convolution, a matrix product); any other affine kind gets
+  J^T A from autograd (``create_graph``, so the bound stays differentiable in the weights),
+  so a new affine kind needs no rule here, only speed does;
 - relu: CROWN's relaxation (Zhang et al. 2018): upper line through (l, 0) and (u, u) for
   the negative coefficients, lower line y >= a x with a = 1 if u >= -l else 0 for the
   positive ones (the same relaxation as `tapsc.certify.rules.relu_backward`);
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.layers import MaxPool, ReLU, Residual
+from tapsc.layers import Conv, Linear, MaxPool, ReLU, Residual
 
 
 def _affine_back(layer, A_BKY: torch.Tensor, lo_BX: torch.Tensor):
@@ -41,6 +43,22 @@ def _affine_back(layer, A_BKY: torch.Tensor, lo_BX: torch.Tensor):
         (A_in,) = torch.autograd.grad(f0, x0, A_flat, create_graph=True)
     bias_BK = (A_BKY * f0[:1].unsqueeze(0)).flatten(2).sum(-1)  # f(0) is the same for every row
     return A_in.reshape(B, K, *lo_BX.shape[1:]), bias_BK
+
+
+def _linear_back(layer: Linear, A_BKO: torch.Tensor, lo_BI: torch.Tensor):
+    bias = A_BKO.new_zeros(A_BKO.shape[:2]) if layer.bias is None else A_BKO @ layer.bias
+    return A_BKO @ layer.weight, bias
+
+
+def _conv_back(layer: Conv, A_BKOHW: torch.Tensor, lo_BCHW: torch.Tensor):
+    B, K = A_BKOHW.shape[:2]
+    A_in = torch.nn.grad.conv2d_input((B * K, *lo_BCHW.shape[1:]), layer.weight, A_BKOHW.flatten(0, 1),
+                                      layer.stride, layer.padding)
+    bias = A_BKOHW.new_zeros((B, K)) if layer.bias is None else A_BKOHW.sum((3, 4)) @ layer.bias
+    return A_in.reshape(B, K, *lo_BCHW.shape[1:]), bias
+
+
+TRANSPOSES = {Linear: _linear_back, Conv: _conv_back}  # fast paths; other affine kinds: _affine_back
 
 
 def _relu_back(A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: torch.Tensor):
@@ -82,7 +100,7 @@ def back_substitute(layers, A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: tor
                 code="no-training-relaxation", message="CROWN-IBP training has no relaxation for `maxpool`",
                 help="use avgpool or a strided conv, or train with `ibp`"))
         else:
-            A_BKY, bias = _affine_back(layer, A_BKY, lo)
+            A_BKY, bias = TRANSPOSES.get(type(layer), _affine_back)(layer, A_BKY, lo)
         bias_BK = bias_BK + bias
     return A_BKY, bias_BK
 

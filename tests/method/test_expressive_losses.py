@@ -115,3 +115,22 @@ def test_crown_ibp_is_sound_and_no_looser_than_ibp_on_a_cnn_with_batchnorm():
     assert (crown >= worst - 1e-5).all() and (crown <= ibp + 1e-5).all()
     crown.sum().backward()  # differentiable in every weight
     assert all(p.grad is not None for p in network.parameters())
+
+
+def test_the_conv_and_linear_fast_paths_equal_the_autograd_transpose():
+    from tapsc.method.crown_ibp import TRANSPOSES, _affine_back
+
+    network = build(split=1).eval()
+    x, _ = batch(3)
+    inputs = [x]
+    for layer in network.layers:
+        inputs.append(layer(inputs[-1]))
+    checked = set()
+    for layer, before, after in zip(network.layers, inputs, inputs[1:]):
+        if type(layer) in TRANSPOSES:
+            A = torch.randn((3, 5, *after.shape[1:]))
+            fast, slow = TRANSPOSES[type(layer)](layer, A, before), _affine_back(layer, A, before)
+            torch.testing.assert_close(fast[0], slow[0])
+            torch.testing.assert_close(fast[1], slow[1])
+            checked.add(type(layer))
+    assert checked == set(TRANSPOSES)
