@@ -127,3 +127,18 @@ def exp_ibp_loss(alpha: float, z_adv_BK: torch.Tensor, z_ibp_BK: torch.Tensor, y
     l_adv, l_ibp = bound_ce(z_adv_BK, y), bound_ce(z_ibp_BK, y)
     tiny = torch.finfo(l_adv.dtype).tiny  # a zero factor has no finite power gradient
     return l_adv.clamp(min=tiny) ** (1 - alpha) * l_ibp.clamp(min=tiny) ** alpha, l_adv, l_ibp
+
+
+def exp_ibp_over_ranks(alpha: float, l_adv: torch.Tensor, l_ibp: torch.Tensor, adv_mean: torch.Tensor,
+                       ibp_mean: torch.Tensor) -> torch.Tensor:
+    """Exp-IBP for one rank's share of a data-parallel batch (as `combine_scaled_over_ranks`).
+
+    ``l_adv``/``l_ibp`` are this rank's batch means, ``adv_mean``/``ibp_mean`` the means over
+    every rank (detached, positive). The value is the global A^(1 - alpha) I^alpha; the gradient
+    is this rank's share (1 - alpha) (I/A)^alpha dA_r + alpha (A/I)^(1 - alpha) dI_r, whose
+    average over ranks is the gradient of the global product. With one rank it is `exp_ibp_loss`.
+    """
+    tiny = torch.finfo(l_adv.dtype).tiny
+    a, i = adv_mean.clamp(min=tiny), ibp_mean.clamp(min=tiny)
+    share = (1 - alpha) * (i / a) ** alpha * l_adv + alpha * (a / i) ** (1 - alpha) * l_ibp
+    return share - share.detach() + a ** (1 - alpha) * i ** alpha

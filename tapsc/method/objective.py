@@ -153,6 +153,10 @@ def _expressive(combine: Callable):
         z_adv_BK = losses.adversarial_margins(_adversarial_logits(network, phase, x, y, eps), y)
         z_ibp_BK = losses.ibp_margin_upper(network, *input_box(x, eps), y)
         loss, l_adv, l_ibp = combine(phase.alpha, z_adv_BK, z_ibp_BK, y)
+        context = distributed.current()
+        if combine is losses.exp_ibp_loss and context.active:  # a product of GLOBAL batch means, as for taps
+            adv_mean, ibp_mean = distributed.mean_over_ranks(torch.stack([l_adv.detach(), l_ibp.detach()]), context)
+            loss = losses.exp_ibp_over_ranks(phase.alpha, l_adv, l_ibp, adv_mean, ibp_mean)
         return loss, {"adv": float(l_adv.detach()), "ibp": float(l_ibp.detach())}
 
     return loss_fn

@@ -134,3 +134,19 @@ def test_the_conv_and_linear_fast_paths_equal_the_autograd_transpose():
             torch.testing.assert_close(fast[1], slow[1])
             checked.add(type(layer))
     assert checked == set(TRANSPOSES)
+
+
+def test_exp_ibp_over_ranks_has_the_value_and_gradient_of_one_process():
+    from tapsc.method.losses import exp_ibp_over_ranks
+
+    alpha = 0.3
+    adv = torch.tensor([0.7, 1.9], requires_grad=True)  # two ranks' batch means
+    ibp = torch.tensor([2.5, 4.1], requires_grad=True)
+    global_loss = adv.mean() ** (1 - alpha) * ibp.mean() ** alpha
+    want = torch.autograd.grad(global_loss, (adv, ibp))
+    shares = [exp_ibp_over_ranks(alpha, adv[r], ibp[r], adv.mean().detach(), ibp.mean().detach()) for r in (0, 1)]
+    got = torch.autograd.grad(sum(shares) / 2, (adv, ibp))  # the all-reduce averages the ranks' gradients
+    for share in shares:
+        assert share.item() == pytest.approx(global_loss.item(), rel=1e-6)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
