@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import SHAPES, Shape, load, median, optimizer_step, peak_memory_bytes, spec_text, timed
 
+from tapsc import ir
 from tapsc.certify.precision import tf32_matmuls
 from tapsc.compile import compile_network
 from tapsc.method import phase_loss
@@ -45,6 +46,8 @@ BASELINE = "ibp"
 STEPS = (20, 8)  # the paper's attack (20 steps, 1 restart) and a cheaper one
 QUICK_STEPS = (2,)  # --quick: exercise every code path, measure nothing
 CNN7_RELUS = 6
+# the expressive-loss phases (De Palma et al. 2024): the kinds with an `alpha` setting
+EXPRESSIVE = tuple(cls.model_fields["kind"].default for cls in ir.PHASE_CLASSES if "alpha" in cls.model_fields)
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,15 @@ class Method:
 
 
 def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method]:
-    """natural, IBP, IBP + Shi, then per attack setting: PGD, SABR, TAPS at every split, TAPS with
-    one estimator (split 1), STAPS with K - 1 estimators and with one."""
+    """natural, IBP, IBP + Shi, CROWN-IBP (halfway up the ramp, so beta = 0.5 and the CROWN-IBP
+    bound is computed: at the target eps beta = 0 and the step is IBP's), then per attack setting:
+    PGD, SABR, TAPS at every split, TAPS with one estimator (split 1), STAPS with K - 1 estimators
+    and with one, and the expressive losses MTL-IBP, CC-IBP, Exp-IBP (alpha 0.5)."""
     cap = f", estimation_batch = {estimation_batch}" if estimation_batch else ""
     methods = [Method("natural", "natural", "natural"),
                Method("ibp", "ibp", "ibp"),
-               Method("ibp_shi", "ibp", "ibp with shi_regularizer 0.5", eps_fraction=0.5)]
+               Method("ibp_shi", "ibp", "ibp with shi_regularizer 0.5", eps_fraction=0.5),
+               Method("crown_ibp", "crown_ibp", "crown_ibp", eps_fraction=0.5)]
     for s in steps:
         methods.append(Method(f"pgd_steps{s}", "pgd", f"pgd {{ attack pgd(steps = {s}) }}", attack_steps=s))
         methods.append(Method(f"sabr_steps{s}", "sabr", f"sabr {{ lambda 0.7; attack pgd(steps = {s}) }}",
@@ -81,6 +87,9 @@ def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method
         methods.append(Method(f"staps_single_relu1_steps{s}", "staps",
                               f"staps {{ attack pgd(steps = {s}, single{cap}); weight 5; lambda 0.7 }}", 1, s,
                               "single"))
+        for kind in EXPRESSIVE:
+            methods.append(Method(f"{kind}_steps{s}", kind, f"{kind} {{ alpha 0.5; attack pgd(steps = {s}) }}",
+                                  attack_steps=s))
     return methods
 
 

@@ -297,7 +297,7 @@ def check_eval(spec: ir.Spec) -> list[Diagnostic]:
 @check
 def check_perturbation(spec: ir.Spec) -> list[Diagnostic]:
     """Certified methods need a positive radius."""
-    certified = [p.kind for p in spec.method.phases if p.kind in ("ibp", "sabr", "taps", "staps", "pgd")]
+    certified = [p.kind for p in spec.method.phases if type(p).robust]
     if certified and spec.perturbation.eps == 0 and (spec.perturbation.train_eps or 0) == 0:
         return [Diagnostic(code="zero-eps", message=f"eps is 0 but the method trains with `{certified[0]}`",
                            span=spec.perturbation.span, help="set a positive `eps`, e.g. `eps 8/255`")]

@@ -387,7 +387,7 @@ class Trainer:
                       probe_every: int = PROBE_EVERY) -> float | None:
         """Running TAPS accuracy at the current eps, measured on a few samples of every
         ``probe_every``-th batch (a full measurement would cost as much as the training step)."""
-        if phase.kind == "natural" or eps == 0:
+        if not type(phase).robust or eps == 0:
             return None
         if batch % probe_every == 0:
             from tapsc.evaluate import latent_attack

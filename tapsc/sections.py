@@ -36,9 +36,7 @@ from tapsc.syntax import Group, Keyword, Name, Statement, String
 SECTIONS = ("data", "model", "split", "perturbation", "method", "optimizer", "eval", "export", "distributed")
 TOP_LEVEL = SECTIONS + ("include", "block")
 PHASE_CLASSES: dict[str, type[ir.Node]] = {
-    "natural": ir.NaturalPhase, "pgd": ir.PGDPhase, "ibp": ir.IBPPhase,
-    "sabr": ir.SABRPhase, "taps": ir.TAPSPhase, "staps": ir.STAPSPhase,
-}
+    cls.model_fields["kind"].default: cls for cls in ir.PHASE_CLASSES}
 AUGMENTATIONS: dict[str, type[ir.Node]] = {
     cls.model_fields["kind"].default: cls for cls in ir.AUGMENTATION_CLASSES}
 CONNECTOR_C = {"linear": 1.0, "binary": 0.0}  # the c that defines these connectors
@@ -239,7 +237,8 @@ def phase_settings(table: Table, kind: str, statements: Sequence[Statement], pro
     """Apply settings inside a phase (also used by `--set method.taps.weight=3`)."""
     model = PHASE_CLASSES[kind]
     special = {"connector": _connector,
-               "attack": _attack(ir.LatentAttack if kind in ("taps", "staps") else ir.InputAttack),
+               "attack": _attack(model.model_fields["attack"].annotation if "attack" in model.model_fields
+                                 else ir.InputAttack),
                "input_attack": _attack(ir.InputAttack)}
     special = {k: v for k, v in special.items() if k in model.model_fields}
     aliases = {"lambda": "sabr_lambda", "from": "start", "until": "end"} if "sabr_lambda" in model.model_fields \

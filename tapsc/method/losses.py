@@ -95,3 +95,50 @@ def combine_scaled_over_ranks(l_taps: torch.Tensor, l_ibp: torch.Tensor, weight:
     a = weight / (1.0 + weight)
     share = 2 * a * l_taps * ibp_mean + (2 - 2 * a) * l_ibp * taps_mean
     return share - share.detach() + taps_mean * ibp_mean
+
+
+
+# De Palma et al., "Expressive Losses for Verified Robustness via Convex Combinations", ICLR
+# 2024, Sec. 4: each loss takes the adversarial margins z_adv = o_i(x_adv) - o_y(x_adv) and
+# the IBP upper bounds z_IBP of o_i - o_y (both (B, K), 0 at y; the paper's z are lower bounds
+# of o_y - o_i, i.e. minus ours) and alpha in [0, 1]: alpha = 0 is the adversarial loss,
+# alpha = 1 the IBP loss.
+
+
+def adversarial_margins(adv_BK: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """o_i - o_y (B, K), 0 at y, of the logits at the adversarial point."""
+    return (adv_BK - adv_BK.gather(1, y[:, None])).scatter(1, y[:, None], 0.0)
+
+
+def mtl_ibp_loss(alpha: float, z_adv_BK: torch.Tensor, z_ibp_BK: torch.Tensor, y: torch.Tensor):
+    """MTL-IBP: alpha L_IBP + (1 - alpha) L_adv of batch means. Returns (loss, l_adv, l_ibp)."""
+    l_adv, l_ibp = bound_ce(z_adv_BK, y), bound_ce(z_ibp_BK, y)
+    return alpha * l_ibp + (1 - alpha) * l_adv, l_adv, l_ibp
+
+
+def cc_ibp_loss(alpha: float, z_adv_BK: torch.Tensor, z_ibp_BK: torch.Tensor, y: torch.Tensor):
+    """CC-IBP: CE of the convex combination (1 - alpha) z_adv + alpha z_IBP."""
+    loss = bound_ce((1 - alpha) * z_adv_BK + alpha * z_ibp_BK, y)
+    return loss, bound_ce(z_adv_BK.detach(), y), bound_ce(z_ibp_BK.detach(), y)
+
+
+def exp_ibp_loss(alpha: float, z_adv_BK: torch.Tensor, z_ibp_BK: torch.Tensor, y: torch.Tensor):
+    """Exp-IBP: L_adv^(1 - alpha) L_IBP^alpha of batch means."""
+    l_adv, l_ibp = bound_ce(z_adv_BK, y), bound_ce(z_ibp_BK, y)
+    tiny = torch.finfo(l_adv.dtype).tiny  # a zero factor has no finite power gradient
+    return l_adv.clamp(min=tiny) ** (1 - alpha) * l_ibp.clamp(min=tiny) ** alpha, l_adv, l_ibp
+
+
+def exp_ibp_over_ranks(alpha: float, l_adv: torch.Tensor, l_ibp: torch.Tensor, adv_mean: torch.Tensor,
+                       ibp_mean: torch.Tensor) -> torch.Tensor:
+    """Exp-IBP for one rank's share of a data-parallel batch (as `combine_scaled_over_ranks`).
+
+    ``l_adv``/``l_ibp`` are this rank's batch means, ``adv_mean``/``ibp_mean`` the means over
+    every rank (detached, positive). The value is the global A^(1 - alpha) I^alpha; the gradient
+    is this rank's share (1 - alpha) (I/A)^alpha dA_r + alpha (A/I)^(1 - alpha) dI_r, whose
+    average over ranks is the gradient of the global product. With one rank it is `exp_ibp_loss`.
+    """
+    tiny = torch.finfo(l_adv.dtype).tiny
+    a, i = adv_mean.clamp(min=tiny), ibp_mean.clamp(min=tiny)
+    share = (1 - alpha) * (i / a) ** alpha * l_adv + alpha * (a / i) ** (1 - alpha) * l_ibp
+    return share - share.detach() + a ** (1 - alpha) * i ** alpha

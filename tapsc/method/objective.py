@@ -12,6 +12,11 @@ accuracy), then adds its robust loss:
   is the classifier's IBP on the same latent box (as in the authors' code). With several
   processes the means are those of the global batch.
 - staps: as taps, on SABR's small box instead of the eps box.
+- mtl_ibp, cc_ibp, exp_ibp: De Palma et al.'s expressive losses (ICLR 2024), mixing the
+  PGD point's CE (the pgd phase's attack) and the IBP loss by alpha (see `expressive_loss`).
+- crown_ibp: CE of beta z_CROWN-IBP + (1 - beta) z_IBP, beta linear in eps/eps_target.
+At eps = 0 every bound phase's box is a point and its loss is the clean CE (no attack or
+interval pass runs).
 An L1 penalty ``l1 * l1_penalty(network)`` is added when ``l1 > 0``.
 
 Shape legend: B batch, K classes.
@@ -25,7 +30,8 @@ import torch
 
 from tapsc import distributed, ir
 from tapsc.method import losses
-from tapsc.method.input_attack import input_box
+from tapsc.method.crown_ibp import crown_ibp_margin_upper
+from tapsc.method.input_attack import input_box, pgd_attack
 from tapsc.method.latent_attack import taps_margins
 from tapsc.method.regularizers import l1_penalty, shi_regularizer_from_trace, shi_weight
 from tapsc.method.sabr import sabr_box
@@ -127,3 +133,57 @@ def _taps(network, phase: ir.TAPSPhase, x, y, eps, eps_target, logits):
 def _staps(network, phase: ir.STAPSPhase, x, y, eps, eps_target, logits):
     lo, hi = sabr_box(network, x, y, eps, phase.sabr_lambda, phase.input_attack)
     return _taps_on_box(network, phase, lo, hi, y)
+
+
+def _adversarial_logits(network, phase, x, y, eps):
+    """Logits at the PGD point of ``phase.attack``; BatchNorm reuses the clean batch's statistics."""
+    x_adv, _ = pgd_attack(network, x, y, eps, phase.attack)
+    with network.frozen_batchnorm(detach=False):
+        return network(x_adv)
+
+
+
+def _expressive(combine: Callable):
+    """The robust loss of an expressive phase: ``combine(alpha, z_adv, z_IBP, y)``."""
+
+    def loss_fn(network, phase, x, y, eps, eps_target, logits):
+        if eps == 0:
+            loss = losses.natural_loss(network, x, y, logits)  # x_adv = x and the IBP box is a point
+            return loss, {"adv": float(loss.detach()), "ibp": float(loss.detach())}
+        z_adv_BK = losses.adversarial_margins(_adversarial_logits(network, phase, x, y, eps), y)
+        z_ibp_BK = losses.ibp_margin_upper(network, *input_box(x, eps), y)
+        loss, l_adv, l_ibp = combine(phase.alpha, z_adv_BK, z_ibp_BK, y)
+        context = distributed.current()
+        if combine is losses.exp_ibp_loss and context.active:  # a product of GLOBAL batch means, as for taps
+            adv_mean, ibp_mean = distributed.mean_over_ranks(torch.stack([l_adv.detach(), l_ibp.detach()]), context)
+            loss = losses.exp_ibp_over_ranks(phase.alpha, l_adv, l_ibp, adv_mean, ibp_mean)
+        return loss, {"adv": float(l_adv.detach()), "ibp": float(l_ibp.detach())}
+
+    return loss_fn
+
+
+register_loss("mtl_ibp")(_expressive(losses.mtl_ibp_loss))
+register_loss("cc_ibp")(_expressive(losses.cc_ibp_loss))
+register_loss("exp_ibp")(_expressive(losses.exp_ibp_loss))
+
+def crown_ibp_beta(phase: ir.CROWNIBPPhase, eps: float, eps_target: float) -> float:
+    """beta_start at eps = 0, linear in eps to beta_end at eps_target (and after)."""
+    progress = min(eps / eps_target, 1.0) if eps_target > 0 else 1.0
+    return phase.beta_start + (phase.beta_end - phase.beta_start) * progress
+
+
+@register_loss("crown_ibp")
+def _crown_ibp(network, phase: ir.CROWNIBPPhase, x, y, eps, eps_target, logits):
+    if eps == 0:
+        loss = losses.natural_loss(network, x, y, logits)  # both bounds of a point are the logits
+        return loss, {"ibp": float(loss.detach())}
+    lo, hi = input_box(x, eps)
+    trace = network.interval_trace(lo, hi, 0, len(network.layers) - 1)
+    ibp_BK = losses.margin_upper_last(network, *trace[-1], y)
+    beta = crown_ibp_beta(phase, eps, eps_target)
+    terms = {"ibp": float(losses.bound_ce(ibp_BK, y).detach()), "beta": beta}
+    if beta == 0:
+        return losses.bound_ce(ibp_BK, y), terms
+    crown_BK = crown_ibp_margin_upper(network, lo, hi, y, boxes=[(lo, hi)] + trace)
+    terms["crown_ibp"] = float(losses.bound_ce(crown_BK, y).detach())
+    return losses.bound_ce(beta * crown_BK + (1 - beta) * ibp_BK, y), terms

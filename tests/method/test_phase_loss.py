@@ -20,6 +20,8 @@ PHASES = [
     ir.NaturalPhase(), ir.PGDPhase(attack=SMALL_INPUT), ir.IBPPhase(shi_regularizer=0.5),
     ir.SABRPhase(attack=SMALL_INPUT, shi_regularizer=0.5), ir.TAPSPhase(attack=SMALL_LATENT),
     ir.STAPSPhase(attack=SMALL_LATENT, input_attack=SMALL_INPUT),
+    ir.MTLIBPPhase(attack=SMALL_INPUT), ir.CCIBPPhase(attack=SMALL_INPUT), ir.ExpIBPPhase(attack=SMALL_INPUT),
+    ir.CROWNIBPPhase(),
 ]
 
 
