@@ -25,13 +25,14 @@ LAYER_POSITIONAL = {
     "linear": ("out_features",),
     "batchnorm": (),
     "relu": (),
+    "leaky_relu": ("slope",),
     "flatten": (),
     "avgpool": ("kernel", "stride", "padding"),
     "maxpool": ("kernel", "stride", "padding"),
 }
 LAYER_CLASSES: dict[str, type[ir.Node]] = {
     "conv": ir.Conv, "linear": ir.Linear, "batchnorm": ir.BatchNorm, "relu": ir.ReLU,
-    "flatten": ir.Flatten, "avgpool": ir.AvgPool, "maxpool": ir.MaxPool,
+    "leaky_relu": ir.LeakyReLU, "flatten": ir.Flatten, "avgpool": ir.AvgPool, "maxpool": ir.MaxPool,
 }
 LAYER_ALIASES = {
     "conv": {"out": "out_channels", "channels": "out_channels", "pad": "padding"},

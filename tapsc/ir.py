@@ -135,6 +135,15 @@ class BatchNorm(Node):
 
 class ReLU(Node):
     kind: Literal["relu"] = "relu"
+    activation: ClassVar[bool] = True  # counted by `relus_in_classifier` and the ReLU regularizers
+
+
+class LeakyReLU(Node):
+    """y = x for x >= 0, slope * x below; 0 <= slope < 1 keeps it monotone and convex."""
+
+    kind: Literal["leaky_relu"] = "leaky_relu"
+    activation: ClassVar[bool] = True
+    slope: Annotated[float, Field(ge=0, lt=1)] = 0.01
 
 
 class Flatten(Node):
@@ -164,10 +173,19 @@ class Residual(Node):
 
 
 Layer = Annotated[
-    Union[Conv, Linear, BatchNorm, ReLU, Flatten, AvgPool, MaxPool, Residual],
+    Union[Conv, Linear, BatchNorm, ReLU, LeakyReLU, Flatten, AvgPool, MaxPool, Residual],
     Field(discriminator="kind"),
 ]
-LAYER_KINDS = ("conv", "linear", "batchnorm", "relu", "flatten", "avgpool", "maxpool", "residual")
+# kind -> IR class, derived from the union (the one list of layer kinds)
+LAYER_NODES: dict[str, type[Node]] = {
+    cls.model_fields["kind"].default: cls for cls in typing.get_args(typing.get_args(Layer)[0])}
+LAYER_KINDS = tuple(LAYER_NODES)
+
+
+def is_activation(layer: Node | str) -> bool:
+    """Whether a layer (or kind) is an activation: its class says so (``activation``)."""
+    cls = LAYER_NODES.get(layer) if isinstance(layer, str) else type(layer)
+    return bool(getattr(cls, "activation", False))
 Residual.model_rebuild()
 
 

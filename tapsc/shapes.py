@@ -63,7 +63,7 @@ def layer_output_shape(layer: ir.Node, shape: Shape) -> Shape:
         for dim in shape:
             size *= dim
         return (size,)
-    if isinstance(layer, (ir.BatchNorm, ir.ReLU)):
+    if isinstance(layer, ir.BatchNorm) or ir.is_activation(layer):
         return shape
     if isinstance(layer, ir.Residual):
         body_shape = sequence_output_shape(layer.body, shape)
@@ -91,10 +91,11 @@ def layer_shapes(layers: tuple[ir.Node, ...], shape: Shape) -> list[Shape]:
 
 
 def count_relus(layers: tuple[ir.Node, ...]) -> int:
-    """ReLUs in a layer sequence, residual bodies and shortcuts included."""
+    """ReLUs (activations, `ir.is_activation`) in a layer sequence, residual bodies and
+    shortcuts included."""
     total = 0
     for layer in layers:
-        if isinstance(layer, ir.ReLU):
+        if ir.is_activation(layer):
             total += 1
         elif isinstance(layer, ir.Residual):
             total += count_relus(layer.body) + count_relus(layer.shortcut)
@@ -122,7 +123,7 @@ def split_index(model: ir.Model, split: ir.Node) -> int:
     seen = 0
     for index, layer in enumerate(model.layers):
         seen += count_relus((layer,))
-        if seen == total - split.count and isinstance(layer, ir.ReLU):
+        if seen == total - split.count and ir.is_activation(layer):
             return index + 1
         if seen > total - split.count:
             break

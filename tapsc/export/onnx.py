@@ -30,7 +30,7 @@ from torch import nn
 
 from tapsc.errors import UnsupportedExport
 
-PLAIN_OPS = {"Conv", "Gemm", "MatMul", "Add", "Relu", "Flatten", "Reshape", "AveragePool", "MaxPool", "Pad",
+PLAIN_OPS = {"Conv", "Gemm", "MatMul", "Add", "Relu", "LeakyRelu", "Flatten", "Reshape", "AveragePool", "MaxPool", "Pad",
              "Constant"}
 
 
@@ -92,6 +92,7 @@ LOWERINGS = {
     "batchnorm": _batchnorm_affine,
     "normalize": _normalize_affine,
     "relu": lambda layer: nn.ReLU(),
+    "leaky_relu": lambda layer: nn.LeakyReLU(layer.negative_slope),
     "flatten": lambda layer: nn.Flatten(),
     "maxpool": lambda layer: nn.MaxPool2d(layer.kernel, layer.stride, layer.padding),
     "avgpool": lambda layer: nn.AvgPool2d(layer.kernel, layer.stride, layer.padding),

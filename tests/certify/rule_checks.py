@@ -28,6 +28,7 @@ TAPSC_CASES: dict[str, tuple[ir.Node | None, tuple[int, ...]]] = {
     "linear": (ir.Linear(out_features=5), (6,)),
     "batchnorm": (ir.BatchNorm(), (3, 3, 3)),
     "relu": (ir.ReLU(), (2, 3, 3)),
+    "leaky_relu": (ir.LeakyReLU(slope=0.1), (2, 3, 3)),
     "flatten": (ir.Flatten(), (2, 3, 3)),
     "avgpool": (ir.AvgPool(kernel=3, stride=2, padding=1), (2, 5, 5)),
     "maxpool": (ir.MaxPool(kernel=2, stride=1, padding=1), (2, 4, 4)),
@@ -45,6 +46,7 @@ TORCH_CASES: dict[type, tuple] = {
     nn.Identity: (lambda: nn.Identity(), (5,)),
     nn.AvgPool2d: (lambda: nn.AvgPool2d(2, 1), (2, 4, 4)),
     nn.ReLU: (lambda: nn.ReLU(), (6,)),
+    nn.LeakyReLU: (lambda: nn.LeakyReLU(0.3), (6,)),
     nn.MaxPool2d: (lambda: nn.MaxPool2d(2), (2, 4, 4)),
 }
 

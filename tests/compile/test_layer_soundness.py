@@ -18,6 +18,7 @@ CASES = {
     "linear": (ir.Linear(out_features=5), (7,)),
     "batchnorm": (ir.BatchNorm(), (3, 4, 4)),
     "relu": (ir.ReLU(), (3, 4, 4)),
+    "leaky_relu": (ir.LeakyReLU(slope=0.2), (3, 4, 4)),
     "flatten": (ir.Flatten(), (2, 3, 3)),
     "avgpool": (ir.AvgPool(kernel=3, stride=2, padding=1), (2, 5, 5)),
     "maxpool": (ir.MaxPool(kernel=2, stride=1, padding=1), (2, 5, 5)),
