@@ -14,7 +14,8 @@ from __future__ import annotations
 import typing
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr
+from pydantic_core import PydanticCustomError
 
 from tapsc.data.catalogue import DATASET_NAMES
 
@@ -109,12 +110,43 @@ class Data(Node):
 # ---------------------------------------------------------------- layers
 
 
+def _window_size(minimum: int):
+    """Validator of a 2-d window size: one whole number >= ``minimum`` for both dimensions,
+    or a pair (height, width). One error per bad value (a plain union would report one per
+    member), typed so that `tapsc.lowering` words it like any other."""
+
+    def check(value):
+        items = tuple(value) if isinstance(value, (tuple, list)) else None
+        if items is None and isinstance(value, int) and not isinstance(value, bool):
+            parts = (value,)
+        elif items is not None and len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in items):
+            parts = items
+        else:
+            raise PydanticCustomError("window_type", "a whole number or a pair")
+        if min(parts) < minimum:
+            raise PydanticCustomError("greater_than_equal", "too small", {"ge": minimum})
+        return value if items is None else parts
+
+    return PlainValidator(check, json_schema_input_type=Union[int, tuple[int, int]])
+
+
+# A 2-d window size: one number for both dimensions, or (height, width)
+PositivePair = Annotated[Union[int, tuple[int, int]], _window_size(1)]
+NonNegativePair = Annotated[Union[int, tuple[int, int]], _window_size(0)]
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a window size written as one number or a pair."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 class Conv(Node):
     kind: Literal["conv"] = "conv"
     out_channels: PositiveInt
-    kernel: PositiveInt
-    stride: PositiveInt = 1
-    padding: NonNegativeInt = 0
+    kernel: PositivePair
+    stride: PositivePair = 1
+    padding: NonNegativePair = 0
     bias: bool = True
 
 
@@ -152,16 +184,16 @@ class Flatten(Node):
 
 class AvgPool(Node):
     kind: Literal["avgpool"] = "avgpool"
-    kernel: PositiveInt
-    stride: PositiveInt | None = None  # None: same as kernel
-    padding: NonNegativeInt = 0
+    kernel: PositivePair
+    stride: PositivePair | None = None  # None: same as kernel
+    padding: NonNegativePair = 0
 
 
 class MaxPool(Node):
     kind: Literal["maxpool"] = "maxpool"
-    kernel: PositiveInt
-    stride: PositiveInt | None = None  # None: same as kernel
-    padding: NonNegativeInt = 0
+    kernel: PositivePair
+    stride: PositivePair | None = None  # None: same as kernel
+    padding: NonNegativePair = 0
 
 
 class Residual(Node):

@@ -186,7 +186,8 @@ def print_spec(spec: ir.Spec) -> str:
 def parameter_count(layer: ir.Node, in_shape: tuple[int, ...]) -> int:
     """Trainable parameters of one layer, computed from shapes (no torch)."""
     if isinstance(layer, ir.Conv):
-        return layer.out_channels * in_shape[0] * layer.kernel ** 2 + (layer.out_channels if layer.bias else 0)
+        kh, kw = ir.pair(layer.kernel)
+        return layer.out_channels * in_shape[0] * kh * kw + (layer.out_channels if layer.bias else 0)
     if isinstance(layer, ir.Linear):
         return layer.out_features * in_shape[0] + (layer.out_features if layer.bias else 0)
     if isinstance(layer, ir.BatchNorm):

@@ -30,15 +30,23 @@ def _pooled(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _spatial(layer: ir.Node, shape: Shape, kernel: int, stride: int, padding: int, what: str) -> Shape:
+def _size_text(value) -> str:
+    kh, kw = ir.pair(value)
+    return str(kh) if kh == kw else f"{kh}x{kw}"
+
+
+def _spatial(layer: ir.Node, shape: Shape, kernel, stride, padding, what: str) -> Shape:
+    """Output (C, H', W') of a sliding window; ``kernel``, ``stride``, ``padding``: a number or
+    (height, width)."""
     if len(shape) != 3:
         raise ShapeError(layer, f"{what} needs a (C, H, W) feature map, got shape {shape}",
                          "put it before `flatten`, or use `linear` on flat vectors")
     c, h, w = shape
-    oh, ow = _pooled(h, kernel, stride, padding), _pooled(w, kernel, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw) = ir.pair(kernel), ir.pair(stride), ir.pair(padding)
+    oh, ow = _pooled(h, kh, sh, ph), _pooled(w, kw, sw, pw)
     if oh <= 0 or ow <= 0:
-        raise ShapeError(layer, f"{what} with kernel {kernel} does not fit a {h}x{w} input (padding {padding})",
-                         "use a smaller kernel or more padding")
+        raise ShapeError(layer, f"{what} with kernel {_size_text(kernel)} does not fit a {h}x{w} input "
+                         f"(padding {_size_text(padding)})", "use a smaller kernel or more padding")
     return (c, oh, ow)
 
 
@@ -49,9 +57,9 @@ def layer_output_shape(layer: ir.Node, shape: Shape) -> Shape:
         return (layer.out_channels, oh, ow)
     if isinstance(layer, (ir.AvgPool, ir.MaxPool)):
         stride = layer.stride or layer.kernel
-        if layer.padding * 2 > layer.kernel:
-            raise ShapeError(layer, f"{layer.kind} padding {layer.padding} is more than half its kernel {layer.kernel}",
-                             "padding may be at most kernel // 2")
+        if any(p * 2 > k for p, k in zip(ir.pair(layer.padding), ir.pair(layer.kernel))):
+            raise ShapeError(layer, f"{layer.kind} padding {_size_text(layer.padding)} is more than half its "
+                             f"kernel {_size_text(layer.kernel)}", "padding may be at most kernel // 2")
         return _spatial(layer, shape, layer.kernel, stride, layer.padding, layer.kind)
     if isinstance(layer, ir.Linear):
         if len(shape) != 1:

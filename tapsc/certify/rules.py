@@ -161,21 +161,27 @@ def leaky_relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.
 ALPHA_RULES: frozenset[BackwardRule] = frozenset({relu_backward, leaky_relu_backward})
 
 
-def _pool_geometry(layer: nn.Module) -> tuple[int, int, int]:
-    def first(value):
-        return value[0] if isinstance(value, (tuple, list)) else value
-
-    kernel = first(getattr(layer, "kernel_size", None) or layer.kernel)
-    stride = first(getattr(layer, "stride", None) or kernel)
-    padding = first(getattr(layer, "padding", 0) or 0)
-    return int(kernel), int(stride), int(padding)
+Pair = tuple[int, int]
 
 
-def _windows(t_BCHW: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+def _pool_geometry(layer: nn.Module) -> tuple[Pair, Pair, Pair]:
+    """(kernel, stride, padding) of a pool, each (height, width): tapsc's pools (``kernel``)
+    and torch's (``kernel_size``), sizes written as one number or a pair."""
+    def pair(value) -> Pair:
+        return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+    kernel = pair(getattr(layer, "kernel_size", None) or layer.kernel)
+    stride = pair(getattr(layer, "stride", None) or kernel)
+    padding = pair(getattr(layer, "padding", 0) or 0)
+    return kernel, stride, padding
+
+
+def _windows(t_BCHW: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair) -> torch.Tensor:
     """(B, C, P, L) windows, padded with -inf as max pooling pads."""
     B, C = t_BCHW.shape[:2]
-    padded = F.pad(t_BCHW, (padding,) * 4, value=float("-inf"))
-    return F.unfold(padded, kernel, stride=stride).reshape(B, C, kernel * kernel, -1)
+    (ph, pw) = padding
+    padded = F.pad(t_BCHW, (pw, pw, ph, ph), value=float("-inf"))
+    return F.unfold(padded, kernel, stride=stride).reshape(B, C, kernel[0] * kernel[1], -1)
 
 
 def maxpool_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
@@ -196,9 +202,10 @@ def maxpool_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     const_BSCL = A_neg * ((1 - dominant_BCL) * upper_BCL).unsqueeze(1)
     onehot_BCPL = torch.zeros_like(lo_BCPL).scatter(2, best_BC1L, 1.0)
     spread_BSCPL = coeff_BSCL.unsqueeze(3) * onehot_BCPL.unsqueeze(1)
-    folded = F.fold(spread_BSCPL.reshape(B * S, C * kernel * kernel, -1),
-                    (H + 2 * padding, W + 2 * padding), kernel, stride=stride)
-    A_BSX = folded[..., padding:padding + H, padding:padding + W].reshape(B, S, C, H, W)
+    (ph, pw) = padding
+    folded = F.fold(spread_BSCPL.reshape(B * S, C * kernel[0] * kernel[1], -1),
+                    (H + 2 * ph, W + 2 * pw), kernel, stride=stride)
+    A_BSX = folded[..., ph:ph + H, pw:pw + W].reshape(B, S, C, H, W)
     # Rounding: fold sums overlapping windows' coefficients, the bias sums A- times the
     # largest upper bound: both bounded by gamma |A| . maxpool(max|x|).
     size_BY = magnitude(layer, rounding.magnitude_of(lo_BX, hi_BX))

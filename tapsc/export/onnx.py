@@ -71,8 +71,8 @@ def _normalize_affine(layer) -> ChannelAffine:
 
 
 def _conv(layer) -> nn.Conv2d:
-    out_c, in_c, k, _ = layer.weight.shape
-    conv = nn.Conv2d(in_c, out_c, k, layer.stride, layer.padding, bias=True)
+    out_c, in_c, kh, kw = layer.weight.shape
+    conv = nn.Conv2d(in_c, out_c, (kh, kw), layer.stride, layer.padding, bias=True)
     conv.weight.data.copy_(layer.weight.detach())
     conv.bias.data.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_c))
     return conv

@@ -94,9 +94,9 @@ class Identity(BoundLayer):
 class _Pool(BoundLayer):
     def __init__(self, node: ir.AvgPool | ir.MaxPool):
         super().__init__()
-        self.kernel = node.kernel
-        self.stride = node.stride or node.kernel
-        self.padding = node.padding
+        self.kernel = ir.pair(node.kernel)
+        self.stride = ir.pair(node.stride or node.kernel)
+        self.padding = ir.pair(node.padding)
 
     @classmethod
     def build(cls, node, in_shape: Shape):

@@ -28,10 +28,15 @@ LOOSE_BN = (ir.BatchNorm(), ir.Conv(out_channels=3, kernel=3), ir.ReLU(), ir.Bat
 LEAKY = (ir.Conv(out_channels=3, kernel=3, padding=1), ir.LeakyReLU(slope=0.1), ir.BatchNorm(),
          ir.Conv(out_channels=3, kernel=3), ir.LeakyReLU(slope=0.3), ir.Flatten(), ir.Linear(out_features=3))
 
+# non-square kernels, strides and paddings in conv and both pools
+NONSQUARE = (ir.Conv(out_channels=3, kernel=(3, 5), stride=(1, 2), padding=(1, 2)), ir.ReLU(),
+             ir.MaxPool(kernel=(2, 3), stride=(2, 1), padding=(1, 1)), ir.Conv(out_channels=2, kernel=(1, 2)),
+             ir.AvgPool(kernel=(3, 2), stride=1, padding=(1, 0)), ir.Flatten(), ir.Linear(out_features=3))
+
 
 @pytest.mark.parametrize("layers,normalize,opset", [
     (image_layers(), True, 13), (image_layers(), False, 17), (MLP, True, 13), (LOOSE_BN, True, 15),
-    (LEAKY, True, 13)])
+    (LEAKY, True, 13), (NONSQUARE, True, 13), (NONSQUARE, False, 17)])
 def test_onnx_matches_the_network_with_plain_ops_only(tmp_path, layers, normalize, opset):
     network = random_network(7, layers=layers, normalize=normalize)
     x = torch.rand(16, *network.input_shape)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from tapsc import ir
-from tapsc.errors import TapscError
+from tapsc.errors import Diagnostic, TapscError
 from tapsc.printer import print_spec
-from tapsc.shapes import count_relus, split_index
+from tapsc.shapes import count_relus, layer_shapes, split_index
 from tapsc.spec import load_spec_text
 
 TEMPLATE = """data mnist {{ batch 64 }}
@@ -22,8 +22,9 @@ optimizer {optimizer}
 """
 
 
-def spec_of(model: str, split: int = 0, optimizer: str = "adam { epochs 4 }") -> ir.Spec:
-    return load_spec_text(TEMPLATE.format(model=model, split=split, optimizer=optimizer))
+def spec_of(model: str, split: int = 0, optimizer: str = "adam { epochs 4 }", data: str = "mnist") -> ir.Spec:
+    text = TEMPLATE.format(model=model, split=split, optimizer=optimizer).replace("mnist", data, 1)
+    return load_spec_text(text)
 
 
 def round_trips(spec: ir.Spec) -> str:
@@ -32,7 +33,7 @@ def round_trips(spec: ir.Spec) -> str:
     return text
 
 
-def first_error(model: str, **kwargs):
+def first_error(model: str, **kwargs) -> Diagnostic:
     with pytest.raises(TapscError) as info:
         spec_of(model, **kwargs)
     return info.value.diagnostics[0]
@@ -78,3 +79,38 @@ def test_compiled_leaky_relu_is_a_relu_layer_of_the_network():
     spec = spec_of("flatten; linear(20); leaky_relu(0.1); linear(20); relu; linear(10)", split=1)
     network = compile_network(spec)
     assert network.relu_layers() == [2, 4]
+
+
+# ---------------------------------------------------------------- non-square windows
+
+
+def test_non_square_conv_and_pools_load_infer_shapes_and_round_trip():
+    spec = spec_of("conv(16, kernel = (3, 5), stride = (1, 2), padding = (1, 2)); relu; "
+                   "maxpool(kernel = (2, 3)); avgpool((3, 1), stride = (1, 1), padding = (1, 0)); "
+                   "conv(4, (1, 3)); flatten; linear(10)", data="cifar10")
+    conv, _, maxpool, avgpool, conv2 = spec.model.layers[:5]
+    assert (conv.kernel, conv.stride, conv.padding) == ((3, 5), (1, 2), (1, 2))
+    assert maxpool.kernel == (2, 3) and maxpool.stride is None and avgpool.kernel == (3, 1)
+    assert conv2.kernel == (1, 3)
+    # H: 32 -> 32 -> 16 -> 16 -> 16; W: (32 + 4 - 5) // 2 + 1 = 16 -> 5 -> 5 -> 3
+    assert layer_shapes(spec.model.layers, (3, 32, 32))[:5] == [(16, 32, 16), (16, 32, 16), (16, 16, 5),
+                                                                  (16, 16, 5), (4, 16, 3)]
+    text = round_trips(spec)
+    assert "kernel = (3, 5), stride = (1, 2), padding = (1, 2)" in text
+    assert round_trips(spec_of("conv(8, 3, 2, 1); flatten; linear(10)")).count("(") == 3  # squares stay numbers
+
+
+@pytest.mark.parametrize("written,code,message", [
+    ("conv(16, kernel = (3, 0))", "bad-kernel", "at least 1"),
+    ("conv(16, kernel = (3, 5, 4))", "bad-value", "a whole number or a pair"),
+    ("conv(16, kernel = 2.5)", "bad-value", "a whole number or a pair"),
+    ("maxpool(kernel = (2, 4), padding = (1, -1))", "bad-padding", "at least 0"),
+    ("maxpool(kernel = (2, 4), padding = (1, 3))", "shape-mismatch", "padding 1x3 is more than half its kernel 2x4"),
+    ("conv(16, kernel = (40, 3))", "shape-mismatch", "kernel 40x3 does not fit a 28x28 input"),
+])
+def test_bad_window_sizes_are_one_clean_error_each(written, code, message):
+    with pytest.raises(TapscError) as info:
+        spec_of(f"{written}; flatten; linear(10)")
+    assert len(info.value.diagnostics) == 1
+    d = info.value.diagnostics[0]
+    assert d.code == code and message in d.message and d.span is not None and d.span.line == 2
