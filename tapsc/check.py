@@ -269,6 +269,21 @@ def check_milestones(spec: ir.Spec) -> list[Diagnostic]:
 
 
 @check
+def check_lr_schedule(spec: ir.Spec) -> list[Diagnostic]:
+    """Warm-up ends before training does; milestones belong to the step schedule only."""
+    opt = spec.optimizer
+    if opt.warmup >= opt.epochs:
+        return [Diagnostic(code="warmup-too-long", message=f"`warmup {opt.warmup} epochs` is not shorter than "
+                           f"training ({opt.epochs} epochs)", span=opt.span_of("warmup"),
+                           help=f"warm up for fewer than {opt.epochs} epochs")]
+    if opt.schedule == "cosine" and opt.milestones:
+        return [Diagnostic(code="milestones-with-cosine", message="`decay ... at (...)` milestones do nothing "
+                           "with `schedule cosine`", span=opt.span_of("milestones"),
+                           help="drop the `decay` line, or use `schedule step`")]
+    return []
+
+
+@check
 def check_connectors(spec: ir.Spec) -> list[Diagnostic]:
     """`linear` means c = 1 and `binary` c = 0; anything else is `rectified_linear`."""
     problems = []

@@ -350,8 +350,12 @@ class Method(Node):
 
 
 class Optimizer(Node):
-    kind: Literal["adam", "sgd"] = "adam"
+    """lr per epoch: `tapsc.lr_schedule.learning_rate` (warm-up, then the step or cosine schedule)."""
+
+    kind: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: decoupled weight decay (Loshchilov & Hutter)
     lr: PositiveFloat = 5e-4
+    schedule: Literal["step", "cosine"] = "step"  # step: x decay_factor at milestones; cosine: to 0 at the end
+    warmup: NonNegativeInt = 0  # epochs of linear warm-up before the schedule
     momentum: UnitFloat = 0.9  # sgd only
     weight_decay: NonNegativeFloat = 0.0
     milestones: tuple[NonNegativeInt, ...] = ()  # epochs at which lr *= decay_factor

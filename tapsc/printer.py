@@ -233,5 +233,9 @@ def schedule_lines(spec: ir.Spec) -> list[str]:
                  f"{s.end_epoch}, certified at {p.eps:.6g}")
     opt = spec.optimizer
     decay = f", x{opt.decay_factor:g} at epochs {', '.join(map(str, opt.milestones))}" if opt.milestones else ""
+    if opt.schedule == "cosine":
+        decay = ", cosine to 0"
+    if opt.warmup:
+        decay = f", {opt.warmup} warm-up epochs{decay}"
     lines.append(f"{opt.kind} lr {opt.lr:g}{decay}; {epochs} epochs, seed {opt.seed}")
     return lines

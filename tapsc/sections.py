@@ -313,8 +313,22 @@ def _attack(model: type[ir.Node]) -> Callable[[Table, Statement], None]:
 
 def optimizer_section(statement: Statement, problems: list[Diagnostic]) -> Table:
     table = _head(statement, "kind")
-    return settings(table, statement.body or (), ir.Optimizer, "`optimizer`", special={"decay": _decay},
-                    problems=problems)
+    return settings(table, statement.body or (), ir.Optimizer, "`optimizer`",
+                    special={"decay": _decay, "warmup": _warmup}, problems=problems)
+
+
+def _warmup(target: Table, statement: Statement) -> None:
+    """`warmup 5 epochs` (or `warmup 5`): linear warm-up over the first 5 epochs."""
+    no_body(statement)
+    values = expect_positional(statement, bind(statement, ()), ["epochs", "unit"])
+    unit = str(plain(values["unit"])) if "unit" in values else "epochs"
+    if unit != "epochs":
+        raise Problem("bad-warmup", f"`warmup` counts epochs, found `{unit}`", values["unit"].span,
+                      help=did_you_mean(unit, ["epochs"]) or "write `warmup 5 epochs`")
+    if "epochs" not in values:
+        raise Problem("missing-value", "`warmup` needs a number of epochs", statement.name_span,
+                      help="for example `warmup 5 epochs`")
+    target["warmup"] = Val(plain(values["epochs"]), values["epochs"].span)
 
 
 def _decay(target: Table, statement: Statement) -> None:

@@ -114,3 +114,60 @@ def test_bad_window_sizes_are_one_clean_error_each(written, code, message):
     assert len(info.value.diagnostics) == 1
     d = info.value.diagnostics[0]
     assert d.code == code and message in d.message and d.span is not None and d.span.line == 2
+
+
+# ---------------------------------------------------------------- optimizer vocabulary
+
+
+def test_adamw_cosine_and_warmup_load_and_round_trip():
+    spec = spec_of("flatten; linear(10)", optimizer="adamw { weight_decay 0.01; schedule cosine; "
+                                                     "warmup 3 epochs; epochs 10 }")
+    opt = spec.optimizer
+    assert (opt.kind, opt.weight_decay, opt.schedule, opt.warmup) == ("adamw", 0.01, "cosine", 3)
+    round_trips(spec)
+
+
+@pytest.mark.parametrize("optimizer,code,suggestion", [
+    ("adamx { epochs 4 }", "unknown-optimizer", "adam"),
+    ("adam { schedule cosin; epochs 4 }", "unknown-schedule", "cosine"),
+    ("adam { warmup 3 epoch; epochs 4 }", "bad-warmup", "epochs"),
+    ("adam { warmpu 3; epochs 4 }", "unknown-setting", "warmup"),
+    ("adam { warmup 5 epochs; epochs 4 }", "warmup-too-long", None),
+    ("adam { schedule cosine; decay 0.2 at (2); epochs 4 }", "milestones-with-cosine", None),
+])
+def test_optimizer_mistakes_are_clean_diagnostics(optimizer, code, suggestion):
+    d = first_error("flatten; linear(10)", optimizer=optimizer)
+    assert d.code == code and d.span is not None and d.span.line == 6
+    if suggestion:
+        assert f"did you mean `{suggestion}`" in d.help
+
+
+def test_learning_rate_follows_the_formula_each_epoch():
+    import math
+
+    from tapsc.lr_schedule import learning_rate
+
+    cosine = ir.Optimizer(lr=0.1, schedule="cosine", warmup=3, epochs=13)
+    expected = [0.1 * (e + 1) / 4 for e in range(3)] + [0.1 * (1 + math.cos(math.pi * t / 10)) / 2 for t in range(10)]
+    assert [learning_rate(cosine, e) for e in range(13)] == pytest.approx(expected)
+    step = ir.Optimizer(lr=1.0, milestones=(4, 6), decay_factor=0.5, warmup=1, epochs=8)
+    assert [learning_rate(step, e) for e in range(8)] == pytest.approx([0.5, 1, 1, 1, 0.5, 0.5, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_the_run_scheduler_applies_the_formula(kind):
+    import torch
+
+    from tapsc.lr_schedule import learning_rate
+    from tapsc.run import make_optimizer
+
+    spec = spec_of("flatten; linear(10)", optimizer=f"{kind} {{ lr 0.2; schedule cosine; warmup 2 epochs; "
+                                                    "weight_decay 0.01; epochs 6 }")
+    optimizer, scheduler = make_optimizer(spec, torch.nn.Linear(3, 2))
+    assert type(optimizer).__name__.lower() == kind
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([learning_rate(spec.optimizer, e) for e in range(6)])
