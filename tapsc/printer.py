@@ -157,6 +157,8 @@ def _settings(head: str, node: BaseModel) -> list[str]:
     for name, value in _changed(node).items():
         if isinstance(value, (ir.InputAttack, ir.LatentAttack)):
             lines.append(_attack(name, value, node))
+        elif isinstance(node, ir.Optimizer) and name == "warmup":
+            lines.append(f"warmup {value} epochs")
         else:
             lines.append(f"{name} {value_text(value)}")
     return _section(head, lines)

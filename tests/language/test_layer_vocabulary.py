@@ -124,7 +124,17 @@ def test_adamw_cosine_and_warmup_load_and_round_trip():
                                                      "warmup 3 epochs; epochs 10 }")
     opt = spec.optimizer
     assert (opt.kind, opt.weight_decay, opt.schedule, opt.warmup) == ("adamw", 0.01, "cosine", 3)
-    round_trips(spec)
+    assert "warmup 3 epochs" in round_trips(spec)
+    assert round_trips(spec_of("flatten; linear(10)", optimizer="adam { warmup 2; epochs 4 }"))
+
+
+def test_rescaling_epochs_moves_the_warmup():
+    from tapsc.spec import with_epochs
+
+    spec = spec_of("flatten; linear(10)", optimizer="adam { schedule cosine; warmup 10 epochs; epochs 100 }")
+    rescaled = with_epochs(spec, 20)
+    assert rescaled.spec.optimizer.warmup == 2 and "lr warm-up 10 -> 2 epochs" in rescaled.summary()
+    assert with_epochs(spec, 2).spec.optimizer.warmup == 1  # at least one epoch, before the end
 
 
 @pytest.mark.parametrize("optimizer,code,suggestion", [
