@@ -14,7 +14,7 @@ from __future__ import annotations
 import typing
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer
 from pydantic_core import PydanticCustomError
 
 from tapsc.data.catalogue import DATASET_NAMES
@@ -131,6 +131,21 @@ def _window_size(minimum: int):
     return PlainValidator(check, json_schema_input_type=Union[int, tuple[int, int]])
 
 
+class LayerNode(Node):
+    """A layer kind's IR node. ``name``: written `conv(16, kernel = 3) as stem`, unique in the
+    model, read by `split at stem`. Left out of ``model_dump`` when unset, so IR without names
+    dumps as it did before names existed."""
+
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_name(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("name", "") is None:
+            del data["name"]
+        return data
+
+
 # A 2-d window size: one number for both dimensions, or (height, width)
 PositivePair = Annotated[Union[int, tuple[int, int]], _window_size(1)]
 NonNegativePair = Annotated[Union[int, tuple[int, int]], _window_size(0)]
@@ -141,7 +156,7 @@ def pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class Conv(Node):
+class Conv(LayerNode):
     kind: Literal["conv"] = "conv"
     out_channels: PositiveInt
     kernel: PositivePair
@@ -150,14 +165,14 @@ class Conv(Node):
     bias: bool = True
 
 
-class Linear(Node):
+class Linear(LayerNode):
     kind: Literal["linear"] = "linear"
     out_features: PositiveInt
     bias: bool = True
     in_features: PositiveInt | None = None  # optional, checked against the inferred fan-in
 
 
-class BatchNorm(Node):
+class BatchNorm(LayerNode):
     """BatchNorm over channels (2d after conv, 1d after linear: chosen from the shape)."""
 
     kind: Literal["batchnorm"] = "batchnorm"
@@ -165,12 +180,12 @@ class BatchNorm(Node):
     momentum: UnitFloat = 0.1
 
 
-class ReLU(Node):
+class ReLU(LayerNode):
     kind: Literal["relu"] = "relu"
     activation: ClassVar[bool] = True  # counted by `relus_in_classifier` and the ReLU regularizers
 
 
-class LeakyReLU(Node):
+class LeakyReLU(LayerNode):
     """y = x for x >= 0, slope * x below; 0 <= slope < 1 keeps it monotone and convex."""
 
     kind: Literal["leaky_relu"] = "leaky_relu"
@@ -178,25 +193,25 @@ class LeakyReLU(Node):
     slope: Annotated[float, Field(ge=0, lt=1)] = 0.01
 
 
-class Flatten(Node):
+class Flatten(LayerNode):
     kind: Literal["flatten"] = "flatten"
 
 
-class AvgPool(Node):
+class AvgPool(LayerNode):
     kind: Literal["avgpool"] = "avgpool"
     kernel: PositivePair
     stride: PositivePair | None = None  # None: same as kernel
     padding: NonNegativePair = 0
 
 
-class MaxPool(Node):
+class MaxPool(LayerNode):
     kind: Literal["maxpool"] = "maxpool"
     kernel: PositivePair
     stride: PositivePair | None = None  # None: same as kernel
     padding: NonNegativePair = 0
 
 
-class Residual(Node):
+class Residual(LayerNode):
     """y = body(x) + shortcut(x); an empty shortcut is the identity."""
 
     kind: Literal["residual"] = "residual"
@@ -242,7 +257,16 @@ class SplitAtLayer(Node):
     index: NonNegativeInt
 
 
-Split = Annotated[Union[SplitByRelus, SplitAtLayer], Field(discriminator="kind")]
+class SplitAtName(Node):
+    """The classifier starts at the top-level layer named ``name`` (`split at stem`)."""
+
+    kind: Literal["at_name"] = "at_name"
+    name: str
+
+
+Split = Annotated[Union[SplitByRelus, SplitAtLayer, SplitAtName], Field(discriminator="kind")]
+SPLIT_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default
+                                     for cls in typing.get_args(typing.get_args(Split)[0]))
 
 # ---------------------------------------------------------------- perturbation
 

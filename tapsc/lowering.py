@@ -145,8 +145,7 @@ def _strip_tags(loc: Loc) -> Loc:
     return tuple(out)
 
 
-_ALL_KINDS = set(ir.LAYER_KINDS) | set(ir.PHASE_KINDS) | {"crop", "hflip", "center_crop",
-                                                         "relus_in_classifier", "at_layer"}
+_ALL_KINDS = set(ir.LAYER_KINDS) | set(ir.PHASE_KINDS) | set(ir.SPLIT_KINDS) | {"crop", "hflip", "center_crop"}
 
 
 def _find_span(loc: Loc, spans: dict[Loc, Span], fallback: Span) -> Span:

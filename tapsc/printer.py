@@ -99,16 +99,17 @@ _FIRST = {"conv": "out_channels", "linear": "out_features"}
 
 
 def _layer(layer: ir.Node, depth: int) -> list[str]:
+    suffix = f" as {layer.name}" if layer.name is not None else ""
     if isinstance(layer, ir.Residual):
         lines = [line for inner in layer.body for line in _layer(inner, depth + 1)]
         shortcut = [line for inner in layer.shortcut for line in _layer(inner, depth + 1)]
         if shortcut:
             lines += _section("shortcut", shortcut)
-        return _section("residual", lines)
-    named = _changed(layer)
+        return _section("residual" + suffix, lines)
+    named = _changed(layer, ("name",))
     first = _FIRST.get(layer.kind)
     positional = [named.pop(first)] if first else []
-    return [_call(layer.kind, positional, named)]
+    return [_call(layer.kind, positional, named) + suffix]
 
 
 def _model(spec: ir.Spec) -> list[str]:
@@ -166,8 +167,8 @@ def _settings(head: str, node: BaseModel) -> list[str]:
 
 def print_spec(spec: ir.Spec) -> str:
     """The canonical .taps text of ``spec`` (expanded, every non-default setting named)."""
-    split = [] if isinstance(spec.split, ir.SplitAtLayer) else \
-        [f"split relus_in_classifier = {spec.split.count}"]
+    split = [] if isinstance(spec.split, ir.SplitAtLayer) else [f"split at {spec.split.name}"] \
+        if isinstance(spec.split, ir.SplitAtName) else [f"split relus_in_classifier = {spec.split.count}"]
     parts = [
         _data(spec.data),
         _model(spec),

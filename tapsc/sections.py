@@ -139,14 +139,17 @@ def model_section(statement: Statement, problems: list[Diagnostic], library: boo
 
 
 def split_section(statement: Statement, problems: list[Diagnostic]) -> Table:
-    """`split relus_in_classifier = 1` (or a `split` marker inside the model's layers)."""
+    """`split relus_in_classifier = 1`, `split at_layer = 3`, `split at stem` (a layer named
+    `as stem`), or a `split` marker inside the model's layers."""
     no_body(statement)
-    kinds = {"relus_in_classifier": "count", "at_layer": "index"}
-    values = expect_positional(statement, bind(statement, kinds), [])
+    kinds = {"relus_in_classifier": "count", "at_layer": "index", "at_name": "name"}
+    values = expect_positional(statement, bind(statement, kinds, aliases={"at": "at_name"}), [])
     if len(values) != 1:
-        raise Problem("bad-split", "`split` needs exactly one of `relus_in_classifier = n` or `at_layer = i`",
-                      statement.span, help="or put a `split` marker between two layers of the model")
+        raise Problem("bad-split", "`split` needs exactly one of `relus_in_classifier = n`, `at_layer = i` or "
+                      "`at NAME`", statement.span, help="or put a `split` marker between two layers of the model")
     (kind, value), = values.items()
+    if kind == "at_name" and isinstance(plain(value), int):
+        kind = "at_layer"  # `split at 3`
     return Table(kind=Val(kind, statement.span), **{kinds[kind]: Val(plain(value), value.span)}, span=statement.span)
 
 

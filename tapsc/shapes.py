@@ -110,6 +110,17 @@ def count_relus(layers: tuple[ir.Node, ...]) -> int:
     return total
 
 
+def layer_names(layers: tuple[ir.Node, ...], top: bool = True) -> list[tuple[str, bool]]:
+    """(name, is top-level) of every named layer, residual bodies and shortcuts included, in order."""
+    out = []
+    for layer in layers:
+        if getattr(layer, "name", None) is not None:
+            out.append((layer.name, top))
+        if isinstance(layer, ir.Residual):
+            out += layer_names(layer.body, False) + layer_names(layer.shortcut, False)
+    return out
+
+
 def split_index(model: ir.Model, split: ir.Node) -> int:
     """Top-level index where the classifier starts.
 
@@ -118,6 +129,13 @@ def split_index(model: ir.Model, split: ir.Node) -> int:
     is the final affine part; n = all: index 0). Raises ValueError when no
     top-level boundary leaves exactly n ReLUs in the classifier.
     """
+    if isinstance(split, ir.SplitAtName):
+        for index, layer in enumerate(model.layers):
+            if layer.name == split.name:
+                return index
+        nested = split.name in {name for name, top in layer_names(model.layers) if not top}
+        raise ValueError(f"layer `{split.name}` is inside a residual block: the split cannot fall there" if nested
+                         else f"no top-level layer is named `{split.name}`")
     if isinstance(split, ir.SplitAtLayer):
         if split.index > len(model.layers):
             raise ValueError(f"split index {split.index} is past the last layer ({len(model.layers)} layers)")

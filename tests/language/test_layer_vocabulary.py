@@ -181,3 +181,55 @@ def test_the_run_scheduler_applies_the_formula(kind):
         optimizer.step()
         scheduler.step()
     assert seen == pytest.approx([learning_rate(spec.optimizer, e) for e in range(6)])
+
+
+# ---------------------------------------------------------------- named layers and `split at NAME`
+
+NAMED = ("conv(4, kernel = 3) as stem; relu as act; residual as blk { conv(4, 3, padding = 1) as inner; relu }; "
+         "flatten; linear(10) as head")
+
+
+def named_spec(model: str, split_line: str) -> ir.Spec:
+    text = TEMPLATE.format(model=model, split=0, optimizer="adam { epochs 4 }")
+    return load_spec_text(text.replace("split relus_in_classifier = 0", split_line))
+
+
+def test_named_layers_and_split_at_a_name_load_and_round_trip():
+    spec = named_spec(NAMED, "split at act")
+    assert [layer.name for layer in spec.model.layers] == ["stem", "act", "blk", None, "head"]
+    assert spec.model.layers[2].body[0].name == "inner"
+    assert spec.split.model_dump() == {"kind": "at_name", "name": "act"} and split_index(spec.model, spec.split) == 1
+    text = round_trips(spec)
+    assert "conv(4, kernel = 3) as stem" in text and "residual as blk {" in text and "split at act" in text
+    # unnamed layers dump as before names existed (golden IR stays stable)
+    assert "name" not in spec.model.layers[3].model_dump() and spec.model.layers[0].model_dump()["name"] == "stem"
+
+
+def test_split_at_a_number_is_at_layer():
+    spec = named_spec("conv(4, kernel = 3); relu; flatten; linear(10)", "split at 2")
+    assert spec.split.model_dump() == {"kind": "at_layer", "index": 2}
+
+
+@pytest.mark.parametrize("model,split_line,code,line,column,text", [
+    (NAMED, "split at stm", "unknown-layer-name", 3, 10, "did you mean `stem`"),
+    (NAMED, "split at inner", "split-inside-residual", 3, 10, "residual as NAME"),
+    ("conv(4, kernel = 3) as stem; relu as stem; flatten; linear(10)", "", "duplicate-layer-name", 2, 46,
+     "line 2"),
+    ("conv(4, kernel = 3) as; relu; flatten; linear(10)", "", "bad-layer-name", 2, 29, "as stem"),
+    ("conv(4, kernel = 3) as a b; relu; flatten; linear(10)", "", "bad-layer-name", 2, 32, "as stem"),
+    ("conv(4, kernel = 3, name = x); relu; flatten; linear(10)", "", "unknown-argument", 2, 29, None),
+])
+def test_layer_name_mistakes_are_clean_diagnostics(model, split_line, code, line, column, text):
+    with pytest.raises(TapscError) as info:
+        named_spec(model, split_line)
+    d = info.value.diagnostics[0]
+    assert d.code == code and (d.span.line, d.span.column) == (line, column)
+    if text:
+        assert text in d.help
+
+
+def test_compiled_network_splits_at_the_named_layer():
+    from tapsc.compile import compile_network
+
+    network = compile_network(named_spec(NAMED, "split at blk"))
+    assert network.split == 2
