@@ -9,7 +9,7 @@ call site, so a user's diagnostic points at their own file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tapsc import ir, limits
@@ -17,7 +17,7 @@ from tapsc.build_ir import BlockDef, Problem, Table, Val, bind, expect_positiona
 from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
 from tapsc.ir import Span
-from tapsc.syntax import Statement
+from tapsc.syntax import Name, Statement
 
 # Positional arguments of each layer kind, in order; the rest are named only.
 LAYER_POSITIONAL = {
@@ -25,13 +25,14 @@ LAYER_POSITIONAL = {
     "linear": ("out_features",),
     "batchnorm": (),
     "relu": (),
+    "leaky_relu": ("slope",),
     "flatten": (),
     "avgpool": ("kernel", "stride", "padding"),
     "maxpool": ("kernel", "stride", "padding"),
 }
 LAYER_CLASSES: dict[str, type[ir.Node]] = {
     "conv": ir.Conv, "linear": ir.Linear, "batchnorm": ir.BatchNorm, "relu": ir.ReLU,
-    "flatten": ir.Flatten, "avgpool": ir.AvgPool, "maxpool": ir.MaxPool,
+    "leaky_relu": ir.LeakyReLU, "flatten": ir.Flatten, "avgpool": ir.AvgPool, "maxpool": ir.MaxPool,
 }
 LAYER_ALIASES = {
     "conv": {"out": "out_channels", "channels": "out_channels", "pad": "padding"},
@@ -69,6 +70,20 @@ def expand_model(statements: tuple[Statement, ...], blocks: dict[str, BlockDef])
             expansion.problems.append(stop.limit.diagnostic(stop.message, statement.span))
             break
     return expansion
+
+
+def _layer_name(statement: Statement, where: Span) -> tuple[Statement, Val | None]:
+    """Split a trailing `as NAME` off a layer statement: (the statement without it, the name)."""
+    for index, word in enumerate(statement.words):
+        if isinstance(word, Name) and word.value == "as":
+            rest = statement.words[index + 1:]
+            if len(rest) != 1 or not isinstance(rest[0], Name):
+                raise Problem("bad-layer-name", "`as` takes one name, written last", (rest[0] if rest else word).span,
+                              help=f"for example `{statement.name}{'(...)' if statement.words[0] is not word else ''} "
+                              "as stem`")
+            span = rest[0].span if where is statement.span else where
+            return replace(statement, words=statement.words[:index]), Val(rest[0].value, span)
+    return statement, None
 
 
 class _Exhausted(Exception):
@@ -159,6 +174,7 @@ class _Expander:
             self.expand(body, env, out, top, site, stack)
 
     def residual(self, statement: Statement, env, site, stack) -> Table:
+        statement, name = _layer_name(statement, site or statement.span)
         if statement.words:
             raise Problem("unexpected-argument", "`residual` takes only a `{ ... }` block", statement.words[0].span)
         body = need_body(statement, "residual { conv(64, kernel = 3, padding = 1); relu; shortcut { } }")
@@ -171,19 +187,25 @@ class _Expander:
                 self.expand((inner,), env, main, False, site, stack)
         where = site or statement.span
         self.count_layer()
-        return Table(kind=Val("residual", where), body=Val(main, where), shortcut=Val(shortcut, where), span=where)
+        table = Table(kind=Val("residual", where), body=Val(main, where), shortcut=Val(shortcut, where), span=where)
+        if name is not None:
+            table["name"] = name
+        return table
 
     def layer(self, statement: Statement, env, where: Span) -> Table:
         if statement.body is not None:
             raise Problem("unexpected-block", f"`{statement.name}` takes no `{{ ... }}` block", statement.span)
+        statement, name = _layer_name(statement, where)
         kind = statement.name
         self.count_layer()
-        names = field_names(LAYER_CLASSES[kind])
+        names = [n for n in field_names(LAYER_CLASSES[kind]) if n != "name"]  # `as NAME` only
         bound = bind(statement, names, call=True, aliases=LAYER_ALIASES.get(kind))
         values = expect_positional(statement, bound, LAYER_POSITIONAL[kind])
         table = Table(kind=Val(kind, where), span=where)
         for key, value in values.items():
             table[key] = Val(plain(value, env), where if where is not statement.span else value.span)
+        if name is not None:
+            table["name"] = name
         return table
 
     def call(self, statement: Statement, env, out, top, site, stack) -> None:

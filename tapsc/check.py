@@ -12,8 +12,9 @@ from typing import Callable
 
 from tapsc import ir, limits
 from tapsc.data.catalogue import CATALOGUE
+from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
-from tapsc.shapes import ShapeError, count_relus, layer_output_shape, split_index
+from tapsc.shapes import ShapeError, count_relus, layer_names, layer_output_shape, split_index
 
 Check = Callable[[ir.Spec], list[Diagnostic]]
 CHECKS: dict[str, Check] = {}
@@ -99,6 +100,18 @@ def check_output_classes(spec: ir.Spec) -> list[Diagnostic]:
 def check_split(spec: ir.Spec) -> list[Diagnostic]:
     """The split leaves the requested ReLUs in the classifier at a top-level boundary."""
     split = spec.split
+    if isinstance(split, ir.SplitAtName):
+        names = layer_names(spec.model.layers)
+        top = [name for name, is_top in names if is_top]
+        if split.name not in {name for name, _ in names}:
+            return [Diagnostic(code="unknown-layer-name", message=f"no layer is named `{split.name}`",
+                               span=split.span_of("name"),
+                               help=did_you_mean(split.name, top) if top else
+                               "name a layer with `as`, e.g. `conv(16, kernel = 3) as stem`")]
+        if split.name not in top:
+            return [Diagnostic(code="split-inside-residual", message=f"layer `{split.name}` is inside a residual "
+                               "block: the split cannot fall there", span=split.span_of("name"),
+                               help="name the `residual` itself (`residual as NAME { ... }`) or a top-level layer")]
     try:
         index = split_index(spec.model, split)
     except ValueError as error:
@@ -109,14 +122,41 @@ def check_split(spec: ir.Spec) -> list[Diagnostic]:
     layers = len(spec.model.layers)
     if latent and index >= layers:
         where = f"at_layer = {split.index}" if isinstance(split, ir.SplitAtLayer) else \
-            f"relus_in_classifier = {split.count}"
+            f"at {split.name}" if isinstance(split, ir.SplitAtName) else f"relus_in_classifier = {split.count}"
         return [Diagnostic(code="empty-classifier", message=f"`split {where}` leaves the classifier empty (the model "
                            f"has {layers} layers, numbered 0 to {layers - 1}), but the `{latent[0].kind}` phase "
                            "attacks the classifier's input",
-                           span=split.span_of("index" if isinstance(split, ir.SplitAtLayer) else "count") or spec.model.span,
+                           span=split.span_of({"at_layer": "index", "at_name": "name"}.get(split.kind, "count"))
+                           or spec.model.span,
                            help=f"split before the last layer: `at_layer` at most {layers - 1}, or "
                                 "`relus_in_classifier = 1`")]
     return []
+
+
+@check
+def check_layer_names(spec: ir.Spec) -> list[Diagnostic]:
+    """Each `as NAME` names one layer."""
+    first: dict[str, ir.Node] = {}
+    out = []
+
+    def visit(layers):
+        for layer in layers:
+            if layer.name is not None:
+                if layer.name in first:
+                    earlier = first[layer.name].span_of("name")
+                    out.append(Diagnostic(
+                        code="duplicate-layer-name", message=f"two layers are named `{layer.name}`",
+                        span=layer.span_of("name"),
+                        help=f"give each layer its own name (the first is at line {earlier.line})" if earlier
+                        else "give each layer its own name"))
+                else:
+                    first[layer.name] = layer
+            if isinstance(layer, ir.Residual):
+                visit(layer.body)
+                visit(layer.shortcut)
+
+    visit(spec.model.layers)
+    return out
 
 
 @check
@@ -265,6 +305,21 @@ def check_milestones(spec: ir.Spec) -> list[Diagnostic]:
     if late:
         return [Diagnostic(code="milestone-after-end", message=f"milestone {late[0]} is not before the last epoch "
                            f"({opt.epochs} epochs)", span=opt.span)]
+    return []
+
+
+@check
+def check_lr_schedule(spec: ir.Spec) -> list[Diagnostic]:
+    """Warm-up ends before training does; milestones belong to the step schedule only."""
+    opt = spec.optimizer
+    if opt.warmup >= opt.epochs:
+        return [Diagnostic(code="warmup-too-long", message=f"`warmup {opt.warmup} epochs` is not shorter than "
+                           f"training ({opt.epochs} epochs)", span=opt.span_of("warmup"),
+                           help=f"warm up for fewer than {opt.epochs} epochs")]
+    if opt.schedule == "cosine" and opt.milestones:
+        return [Diagnostic(code="milestones-with-cosine", message="`decay ... at (...)` milestones do nothing "
+                           "with `schedule cosine`", span=opt.span_of("milestones"),
+                           help="drop the `decay` line, or use `schedule step`")]
     return []
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.layers import LAYERS, BatchNorm, BoundLayer, Conv, Linear, ReLU, build_layers, run_forward
+from tapsc.layers import LAYERS, BatchNorm, BoundLayer, Conv, Linear, build_layers, run_forward
 from tapsc.shapes import Shape, ShapeError, split_index
 
 __all__ = ["Network", "compile_network", "build_layers", "shi_initialize"]
@@ -84,8 +84,8 @@ class Network(nn.Module):
     # ------------------------------------------------------------ structure
 
     def relu_layers(self) -> list[int]:
-        """Indices in ``layers`` of the top-level ReLU layers."""
-        return [i for i, layer in enumerate(self.layers) if isinstance(layer, ReLU)]
+        """Indices in ``layers`` of the top-level ReLU layers (activations, `ir.is_activation`)."""
+        return [i for i, layer in enumerate(self.layers) if ir.is_activation(layer.kind)]
 
     def affine_layers(self) -> list[Conv | Linear]:
         """Every conv and linear layer, residual blocks included, in order."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import typing
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer
+from pydantic_core import PydanticCustomError
 
 from tapsc.data.catalogue import DATASET_NAMES
 
@@ -109,23 +110,69 @@ class Data(Node):
 # ---------------------------------------------------------------- layers
 
 
-class Conv(Node):
+def _window_size(minimum: int):
+    """Validator of a 2-d window size: one whole number >= ``minimum`` for both dimensions,
+    or a pair (height, width). One error per bad value (a plain union would report one per
+    member), typed so that `tapsc.lowering` words it like any other."""
+
+    def check(value):
+        items = tuple(value) if isinstance(value, (tuple, list)) else None
+        if items is None and isinstance(value, int) and not isinstance(value, bool):
+            parts = (value,)
+        elif items is not None and len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in items):
+            parts = items
+        else:
+            raise PydanticCustomError("window_type", "a whole number or a pair")
+        if min(parts) < minimum:
+            raise PydanticCustomError("greater_than_equal", "too small", {"ge": minimum})
+        return value if items is None else parts
+
+    return PlainValidator(check, json_schema_input_type=Union[int, tuple[int, int]])
+
+
+class LayerNode(Node):
+    """A layer kind's IR node. ``name``: written `conv(16, kernel = 3) as stem`, unique in the
+    model, read by `split at stem`. Left out of ``model_dump`` when unset, so IR without names
+    dumps as it did before names existed."""
+
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_name(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("name", "") is None:
+            del data["name"]
+        return data
+
+
+# A 2-d window size: one number for both dimensions, or (height, width)
+PositivePair = Annotated[Union[int, tuple[int, int]], _window_size(1)]
+NonNegativePair = Annotated[Union[int, tuple[int, int]], _window_size(0)]
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a window size written as one number or a pair."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class Conv(LayerNode):
     kind: Literal["conv"] = "conv"
     out_channels: PositiveInt
-    kernel: PositiveInt
-    stride: PositiveInt = 1
-    padding: NonNegativeInt = 0
+    kernel: PositivePair
+    stride: PositivePair = 1
+    padding: NonNegativePair = 0
     bias: bool = True
 
 
-class Linear(Node):
+class Linear(LayerNode):
     kind: Literal["linear"] = "linear"
     out_features: PositiveInt
     bias: bool = True
     in_features: PositiveInt | None = None  # optional, checked against the inferred fan-in
 
 
-class BatchNorm(Node):
+class BatchNorm(LayerNode):
     """BatchNorm over channels (2d after conv, 1d after linear: chosen from the shape)."""
 
     kind: Literal["batchnorm"] = "batchnorm"
@@ -133,29 +180,38 @@ class BatchNorm(Node):
     momentum: UnitFloat = 0.1
 
 
-class ReLU(Node):
+class ReLU(LayerNode):
     kind: Literal["relu"] = "relu"
+    activation: ClassVar[bool] = True  # counted by `relus_in_classifier` and the ReLU regularizers
 
 
-class Flatten(Node):
+class LeakyReLU(LayerNode):
+    """y = x for x >= 0, slope * x below; 0 <= slope < 1 keeps it monotone and convex."""
+
+    kind: Literal["leaky_relu"] = "leaky_relu"
+    activation: ClassVar[bool] = True
+    slope: Annotated[float, Field(ge=0, lt=1)] = 0.01
+
+
+class Flatten(LayerNode):
     kind: Literal["flatten"] = "flatten"
 
 
-class AvgPool(Node):
+class AvgPool(LayerNode):
     kind: Literal["avgpool"] = "avgpool"
-    kernel: PositiveInt
-    stride: PositiveInt | None = None  # None: same as kernel
-    padding: NonNegativeInt = 0
+    kernel: PositivePair
+    stride: PositivePair | None = None  # None: same as kernel
+    padding: NonNegativePair = 0
 
 
-class MaxPool(Node):
+class MaxPool(LayerNode):
     kind: Literal["maxpool"] = "maxpool"
-    kernel: PositiveInt
-    stride: PositiveInt | None = None  # None: same as kernel
-    padding: NonNegativeInt = 0
+    kernel: PositivePair
+    stride: PositivePair | None = None  # None: same as kernel
+    padding: NonNegativePair = 0
 
 
-class Residual(Node):
+class Residual(LayerNode):
     """y = body(x) + shortcut(x); an empty shortcut is the identity."""
 
     kind: Literal["residual"] = "residual"
@@ -164,10 +220,19 @@ class Residual(Node):
 
 
 Layer = Annotated[
-    Union[Conv, Linear, BatchNorm, ReLU, Flatten, AvgPool, MaxPool, Residual],
+    Union[Conv, Linear, BatchNorm, ReLU, LeakyReLU, Flatten, AvgPool, MaxPool, Residual],
     Field(discriminator="kind"),
 ]
-LAYER_KINDS = ("conv", "linear", "batchnorm", "relu", "flatten", "avgpool", "maxpool", "residual")
+# kind -> IR class, derived from the union (the one list of layer kinds)
+LAYER_NODES: dict[str, type[Node]] = {
+    cls.model_fields["kind"].default: cls for cls in typing.get_args(typing.get_args(Layer)[0])}
+LAYER_KINDS = tuple(LAYER_NODES)
+
+
+def is_activation(layer: Node | str) -> bool:
+    """Whether a layer (or kind) is an activation: its class says so (``activation``)."""
+    cls = LAYER_NODES.get(layer) if isinstance(layer, str) else type(layer)
+    return bool(getattr(cls, "activation", False))
 Residual.model_rebuild()
 
 
@@ -192,7 +257,16 @@ class SplitAtLayer(Node):
     index: NonNegativeInt
 
 
-Split = Annotated[Union[SplitByRelus, SplitAtLayer], Field(discriminator="kind")]
+class SplitAtName(Node):
+    """The classifier starts at the top-level layer named ``name`` (`split at stem`)."""
+
+    kind: Literal["at_name"] = "at_name"
+    name: str
+
+
+Split = Annotated[Union[SplitByRelus, SplitAtLayer, SplitAtName], Field(discriminator="kind")]
+SPLIT_KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default
+                                     for cls in typing.get_args(typing.get_args(Split)[0]))
 
 # ---------------------------------------------------------------- perturbation
 
@@ -353,8 +427,12 @@ class Method(Node):
 
 
 class Optimizer(Node):
-    kind: Literal["adam", "sgd"] = "adam"
+    """lr per epoch: `tapsc.lr_schedule.learning_rate` (warm-up, then the step or cosine schedule)."""
+
+    kind: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: decoupled weight decay (Loshchilov & Hutter)
     lr: PositiveFloat = 5e-4
+    schedule: Literal["step", "cosine"] = "step"  # step: x decay_factor at milestones; cosine: to 0 at the end
+    warmup: NonNegativeInt = 0  # epochs of linear warm-up before the schedule
     momentum: UnitFloat = 0.9  # sgd only
     weight_decay: NonNegativeFloat = 0.0
     milestones: tuple[NonNegativeInt, ...] = ()  # epochs at which lr *= decay_factor

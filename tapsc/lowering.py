@@ -122,7 +122,7 @@ _BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", 
 _TYPES = {"int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
           "float_parsing": "a number", "float_type": "a number", "bool_parsing": "`true` or `false`",
           "bool_type": "`true` or `false`", "string_type": "a quoted string", "tuple_type": "a list like `(a, b)`",
-          "finite_number": "a finite number"}
+          "finite_number": "a finite number", "window_type": "a whole number or a pair like `(3, 5)`"}
 _EXAMPLES = {
     "data": "data mnist { batch 256 }", "model": "model cnn7(classes = 10)",
     "perturbation": "perturbation linf { eps 0.1 }", "method": "method { phase ibp }",
@@ -145,8 +145,7 @@ def _strip_tags(loc: Loc) -> Loc:
     return tuple(out)
 
 
-_ALL_KINDS = set(ir.LAYER_KINDS) | set(ir.PHASE_KINDS) | {"crop", "hflip", "center_crop",
-                                                         "relus_in_classifier", "at_layer"}
+_ALL_KINDS = set(ir.LAYER_KINDS) | set(ir.PHASE_KINDS) | set(ir.SPLIT_KINDS) | {"crop", "hflip", "center_crop"}
 
 
 def _find_span(loc: Loc, spans: dict[Loc, Span], fallback: Span) -> Span:

@@ -99,16 +99,17 @@ _FIRST = {"conv": "out_channels", "linear": "out_features"}
 
 
 def _layer(layer: ir.Node, depth: int) -> list[str]:
+    suffix = f" as {layer.name}" if layer.name is not None else ""
     if isinstance(layer, ir.Residual):
         lines = [line for inner in layer.body for line in _layer(inner, depth + 1)]
         shortcut = [line for inner in layer.shortcut for line in _layer(inner, depth + 1)]
         if shortcut:
             lines += _section("shortcut", shortcut)
-        return _section("residual", lines)
-    named = _changed(layer)
+        return _section("residual" + suffix, lines)
+    named = _changed(layer, ("name",))
     first = _FIRST.get(layer.kind)
     positional = [named.pop(first)] if first else []
-    return [_call(layer.kind, positional, named)]
+    return [_call(layer.kind, positional, named) + suffix]
 
 
 def _model(spec: ir.Spec) -> list[str]:
@@ -157,6 +158,8 @@ def _settings(head: str, node: BaseModel) -> list[str]:
     for name, value in _changed(node).items():
         if isinstance(value, (ir.InputAttack, ir.LatentAttack)):
             lines.append(_attack(name, value, node))
+        elif isinstance(node, ir.Optimizer) and name == "warmup":
+            lines.append(f"warmup {value} epochs")
         else:
             lines.append(f"{name} {value_text(value)}")
     return _section(head, lines)
@@ -164,8 +167,8 @@ def _settings(head: str, node: BaseModel) -> list[str]:
 
 def print_spec(spec: ir.Spec) -> str:
     """The canonical .taps text of ``spec`` (expanded, every non-default setting named)."""
-    split = [] if isinstance(spec.split, ir.SplitAtLayer) else \
-        [f"split relus_in_classifier = {spec.split.count}"]
+    split = [] if isinstance(spec.split, ir.SplitAtLayer) else [f"split at {spec.split.name}"] \
+        if isinstance(spec.split, ir.SplitAtName) else [f"split relus_in_classifier = {spec.split.count}"]
     parts = [
         _data(spec.data),
         _model(spec),
@@ -186,7 +189,8 @@ def print_spec(spec: ir.Spec) -> str:
 def parameter_count(layer: ir.Node, in_shape: tuple[int, ...]) -> int:
     """Trainable parameters of one layer, computed from shapes (no torch)."""
     if isinstance(layer, ir.Conv):
-        return layer.out_channels * in_shape[0] * layer.kernel ** 2 + (layer.out_channels if layer.bias else 0)
+        kh, kw = ir.pair(layer.kernel)
+        return layer.out_channels * in_shape[0] * kh * kw + (layer.out_channels if layer.bias else 0)
     if isinstance(layer, ir.Linear):
         return layer.out_features * in_shape[0] + (layer.out_features if layer.bias else 0)
     if isinstance(layer, ir.BatchNorm):
@@ -232,5 +236,9 @@ def schedule_lines(spec: ir.Spec) -> list[str]:
                  f"{s.end_epoch}, certified at {p.eps:.6g}")
     opt = spec.optimizer
     decay = f", x{opt.decay_factor:g} at epochs {', '.join(map(str, opt.milestones))}" if opt.milestones else ""
+    if opt.schedule == "cosine":
+        decay = ", cosine to 0"
+    if opt.warmup:
+        decay = f", {opt.warmup} warm-up epochs{decay}"
     lines.append(f"{opt.kind} lr {opt.lr:g}{decay}; {epochs} epochs, seed {opt.seed}")
     return lines

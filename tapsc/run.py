@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tapsc import distributed, ir, rundir
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
+from tapsc.lr_schedule import learning_rate
 from tapsc.outputs import ensure_writable_folder
 
 EPOCH_EVAL_CAP = 1000  # samples evaluated per epoch for model selection (keeps epochs cheap)
@@ -149,15 +150,17 @@ def phase_at(spec: ir.Spec, epoch: int) -> ir.Node:
 
 
 def make_optimizer(spec: ir.Spec, network: torch.nn.Module):
-    """The optimizer and its MultiStepLR scheduler (stepped once per epoch)."""
+    """The optimizer and its lr scheduler (stepped once per epoch), which follows
+    `tapsc.lr_schedule.learning_rate` exactly."""
     opt = spec.optimizer
     if opt.kind == "adam":
         optimizer = torch.optim.Adam(network.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    elif opt.kind == "adamw":
+        optimizer = torch.optim.AdamW(network.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     else:
         optimizer = torch.optim.SGD(network.parameters(), lr=opt.lr, momentum=opt.momentum,
                                     weight_decay=opt.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(opt.milestones),
-                                                     gamma=opt.decay_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: learning_rate(opt, epoch) / opt.lr)
     return optimizer, scheduler
 
 

@@ -2,7 +2,7 @@
 long spec keeps its shape. Torch-free, a pure function on the IR.
 
 Every epoch the schedule names is mapped by e -> round(e * N / E): the phase boundaries,
-the eps ramp's start and end, the learning-rate milestones. Rounding is then repaired so
+the eps ramp's start and end, the learning-rate milestones and warm-up. Rounding is then repaired so
 that the phases keep their order and each stays non-empty (so N must be at least the
 number of phases); an eps ramp epoch that sits on a phase boundary moves with that
 boundary, so a ramp that spans the IBP phase still does; milestones stay strictly
@@ -84,11 +84,13 @@ def rescale_epochs(spec: ir.Spec, epochs: int) -> Rescaled:
             continue
         milestones.append(moved)
         previous = moved
+    # the warm-up keeps at least one epoch if it had one, and ends before training does
+    warmup = min(max(move(opt.warmup), 1), epochs - 1) if opt.warmup else 0
     rescaled = spec.model_copy(update={
         "method": spec.method.model_copy(update={"phases": tuple(new_phases)}),
         "perturbation": spec.perturbation.model_copy(update={
             "schedule": schedule.model_copy(update={"start_epoch": ramp_start, "end_epoch": ramp_end})}),
-        "optimizer": opt.model_copy(update={"epochs": epochs, "milestones": tuple(milestones)}),
+        "optimizer": opt.model_copy(update={"epochs": epochs, "milestones": tuple(milestones), "warmup": warmup}),
     })
     changes: list[str] = []
     if epochs != old:
@@ -103,4 +105,6 @@ def rescale_epochs(spec: ir.Spec, epochs: int) -> Rescaled:
         if opt.milestones:
             text = f"lr milestones {tuple(opt.milestones)} -> {tuple(milestones)}"
             changes.append(text + (f" (dropped {tuple(dropped)}: no epoch left)" if dropped else ""))
+        if opt.warmup:
+            changes.append(f"lr warm-up {opt.warmup} -> {warmup} epochs")
     return Rescaled(rescaled, old, tuple(changes))

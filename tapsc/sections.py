@@ -137,14 +137,17 @@ def model_section(statement: Statement, problems: list[Diagnostic], library: boo
 
 
 def split_section(statement: Statement, problems: list[Diagnostic]) -> Table:
-    """`split relus_in_classifier = 1` (or a `split` marker inside the model's layers)."""
+    """`split relus_in_classifier = 1`, `split at_layer = 3`, `split at stem` (a layer named
+    `as stem`), or a `split` marker inside the model's layers."""
     no_body(statement)
-    kinds = {"relus_in_classifier": "count", "at_layer": "index"}
-    values = expect_positional(statement, bind(statement, kinds), [])
+    kinds = {"relus_in_classifier": "count", "at_layer": "index", "at_name": "name"}
+    values = expect_positional(statement, bind(statement, kinds, aliases={"at": "at_name"}), [])
     if len(values) != 1:
-        raise Problem("bad-split", "`split` needs exactly one of `relus_in_classifier = n` or `at_layer = i`",
-                      statement.span, help="or put a `split` marker between two layers of the model")
+        raise Problem("bad-split", "`split` needs exactly one of `relus_in_classifier = n`, `at_layer = i` or "
+                      "`at NAME`", statement.span, help="or put a `split` marker between two layers of the model")
     (kind, value), = values.items()
+    if kind == "at_name" and isinstance(plain(value), int):
+        kind = "at_layer"  # `split at 3`
     return Table(kind=Val(kind, statement.span), **{kinds[kind]: Val(plain(value), value.span)}, span=statement.span)
 
 
@@ -312,8 +315,22 @@ def _attack(model: type[ir.Node]) -> Callable[[Table, Statement], None]:
 
 def optimizer_section(statement: Statement, problems: list[Diagnostic]) -> Table:
     table = _head(statement, "kind")
-    return settings(table, statement.body or (), ir.Optimizer, "`optimizer`", special={"decay": _decay},
-                    problems=problems)
+    return settings(table, statement.body or (), ir.Optimizer, "`optimizer`",
+                    special={"decay": _decay, "warmup": _warmup}, problems=problems)
+
+
+def _warmup(target: Table, statement: Statement) -> None:
+    """`warmup 5 epochs` (or `warmup 5`): linear warm-up over the first 5 epochs."""
+    no_body(statement)
+    values = expect_positional(statement, bind(statement, ()), ["epochs", "unit"])
+    unit = str(plain(values["unit"])) if "unit" in values else "epochs"
+    if unit != "epochs":
+        raise Problem("bad-warmup", f"`warmup` counts epochs, found `{unit}`", values["unit"].span,
+                      help=did_you_mean(unit, ["epochs"]) or "write `warmup 5 epochs`")
+    if "epochs" not in values:
+        raise Problem("missing-value", "`warmup` needs a number of epochs", statement.name_span,
+                      help="for example `warmup 5 epochs`")
+    target["warmup"] = Val(plain(values["epochs"]), values["epochs"].span)
 
 
 def _decay(target: Table, statement: Statement) -> None:

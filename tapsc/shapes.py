@@ -30,15 +30,23 @@ def _pooled(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _spatial(layer: ir.Node, shape: Shape, kernel: int, stride: int, padding: int, what: str) -> Shape:
+def _size_text(value) -> str:
+    kh, kw = ir.pair(value)
+    return str(kh) if kh == kw else f"{kh}x{kw}"
+
+
+def _spatial(layer: ir.Node, shape: Shape, kernel, stride, padding, what: str) -> Shape:
+    """Output (C, H', W') of a sliding window; ``kernel``, ``stride``, ``padding``: a number or
+    (height, width)."""
     if len(shape) != 3:
         raise ShapeError(layer, f"{what} needs a (C, H, W) feature map, got shape {shape}",
                          "put it before `flatten`, or use `linear` on flat vectors")
     c, h, w = shape
-    oh, ow = _pooled(h, kernel, stride, padding), _pooled(w, kernel, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw) = ir.pair(kernel), ir.pair(stride), ir.pair(padding)
+    oh, ow = _pooled(h, kh, sh, ph), _pooled(w, kw, sw, pw)
     if oh <= 0 or ow <= 0:
-        raise ShapeError(layer, f"{what} with kernel {kernel} does not fit a {h}x{w} input (padding {padding})",
-                         "use a smaller kernel or more padding")
+        raise ShapeError(layer, f"{what} with kernel {_size_text(kernel)} does not fit a {h}x{w} input "
+                         f"(padding {_size_text(padding)})", "use a smaller kernel or more padding")
     return (c, oh, ow)
 
 
@@ -49,9 +57,9 @@ def layer_output_shape(layer: ir.Node, shape: Shape) -> Shape:
         return (layer.out_channels, oh, ow)
     if isinstance(layer, (ir.AvgPool, ir.MaxPool)):
         stride = layer.stride or layer.kernel
-        if layer.padding * 2 > layer.kernel:
-            raise ShapeError(layer, f"{layer.kind} padding {layer.padding} is more than half its kernel {layer.kernel}",
-                             "padding may be at most kernel // 2")
+        if any(p * 2 > k for p, k in zip(ir.pair(layer.padding), ir.pair(layer.kernel))):
+            raise ShapeError(layer, f"{layer.kind} padding {_size_text(layer.padding)} is more than half its "
+                             f"kernel {_size_text(layer.kernel)}", "padding may be at most kernel // 2")
         return _spatial(layer, shape, layer.kernel, stride, layer.padding, layer.kind)
     if isinstance(layer, ir.Linear):
         if len(shape) != 1:
@@ -63,7 +71,7 @@ def layer_output_shape(layer: ir.Node, shape: Shape) -> Shape:
         for dim in shape:
             size *= dim
         return (size,)
-    if isinstance(layer, (ir.BatchNorm, ir.ReLU)):
+    if isinstance(layer, ir.BatchNorm) or ir.is_activation(layer):
         return shape
     if isinstance(layer, ir.Residual):
         body_shape = sequence_output_shape(layer.body, shape)
@@ -91,14 +99,26 @@ def layer_shapes(layers: tuple[ir.Node, ...], shape: Shape) -> list[Shape]:
 
 
 def count_relus(layers: tuple[ir.Node, ...]) -> int:
-    """ReLUs in a layer sequence, residual bodies and shortcuts included."""
+    """ReLUs (activations, `ir.is_activation`) in a layer sequence, residual bodies and
+    shortcuts included."""
     total = 0
     for layer in layers:
-        if isinstance(layer, ir.ReLU):
+        if ir.is_activation(layer):
             total += 1
         elif isinstance(layer, ir.Residual):
             total += count_relus(layer.body) + count_relus(layer.shortcut)
     return total
+
+
+def layer_names(layers: tuple[ir.Node, ...], top: bool = True) -> list[tuple[str, bool]]:
+    """(name, is top-level) of every named layer, residual bodies and shortcuts included, in order."""
+    out = []
+    for layer in layers:
+        if getattr(layer, "name", None) is not None:
+            out.append((layer.name, top))
+        if isinstance(layer, ir.Residual):
+            out += layer_names(layer.body, False) + layer_names(layer.shortcut, False)
+    return out
 
 
 def split_index(model: ir.Model, split: ir.Node) -> int:
@@ -109,6 +129,13 @@ def split_index(model: ir.Model, split: ir.Node) -> int:
     is the final affine part; n = all: index 0). Raises ValueError when no
     top-level boundary leaves exactly n ReLUs in the classifier.
     """
+    if isinstance(split, ir.SplitAtName):
+        for index, layer in enumerate(model.layers):
+            if layer.name == split.name:
+                return index
+        nested = split.name in {name for name, top in layer_names(model.layers) if not top}
+        raise ValueError(f"layer `{split.name}` is inside a residual block: the split cannot fall there" if nested
+                         else f"no top-level layer is named `{split.name}`")
     if isinstance(split, ir.SplitAtLayer):
         if split.index > len(model.layers):
             raise ValueError(f"split index {split.index} is past the last layer ({len(model.layers)} layers)")
@@ -122,7 +149,7 @@ def split_index(model: ir.Model, split: ir.Node) -> int:
     seen = 0
     for index, layer in enumerate(model.layers):
         seen += count_relus((layer,))
-        if seen == total - split.count and isinstance(layer, ir.ReLU):
+        if seen == total - split.count and ir.is_activation(layer):
             return index + 1
         if seen > total - split.count:
             break

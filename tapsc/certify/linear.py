@@ -223,7 +223,7 @@ class LinearBounds:
         Returns (B, S) lower bounds of ``A . node[start]``.
         """
         relus = [n.index for n in self.graph.nodes[1:start + 1]
-                 if n.op == "layer" and rules.backward_rule(n.layer) is rules.relu_backward]
+                 if n.op == "layer" and rules.backward_rule(n.layer) in rules.ALPHA_RULES]
         B, S = A_BSX.shape[:2]
         alphas = {}
         for index in relus:

@@ -21,6 +21,7 @@ Rules, in words:
   forward, so no rule needs to know how a layer stores its weights.
 - relu: the CROWN/DeepPoly relaxation. Upper line through (l, 0) and (u, u); lower
   line y >= a x with the adaptive slope a = 1 if u >= -l else 0.
+- leaky_relu (y = max(x, s x)): the same with (l, s l) for (l, 0) and s for 0.
 - maxpool: DeepPoly's relaxation. Lower: y >= x_k for the window element k with the
   largest lower bound. Upper: y <= x_k when k dominates (its lower bound is at least
   every other element's upper bound), otherwise the constant max of upper bounds.
@@ -90,24 +91,46 @@ def affine_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     return A_RX.reshape(B, S, *lo_BX.shape[1:]), bias_BS, error_BS
 
 
-def relu_slopes(lo_BX: torch.Tensor, hi_BX: torch.Tensor):
-    """CROWN slopes: (lower slope, upper slope, upper intercept), each like lo_BX.
+def relu_slopes(lo_BX: torch.Tensor, hi_BX: torch.Tensor, leak: float = 0.0):
+    """CROWN slopes of y = max(x, leak * x), 0 <= leak < 1 (relu: leak 0): (lower slope, upper
+    slope, upper intercept), each like lo_BX.
 
-    For an unstable neuron (l < 0 < u) the upper line is s x + t with s = u / (u - l). The
-    intercept is not the rounded -l s: it is raised until the line lies on or above ReLU at
-    both ends of [l, u] in exact arithmetic (then everywhere between, ReLU being convex):
-    t >= -s l and t >= u - s u, each with its rounding error added and rounded up.
+    For an unstable neuron (l < 0 < u) the upper line is s x + t with s = (u - leak l) / (u - l),
+    through (l, leak l) and (u, u). The intercept is not the rounded leak l - s l: it is raised
+    until the line lies on or above the function at both ends of [l, u] in exact arithmetic
+    (then everywhere between, the function being convex): t >= leak l - s l and t >= u - s u,
+    each with its rounding error added and rounded up. The lower line is y >= a x for any a in
+    [leak, 1]; CROWN's adaptive choice is a = 1 if u >= -l, else leak. Stable neurons are
+    linear: slope 1 (active) or leak (dead), intercept 0.
     """
     active, dead = lo_BX >= 0, hi_BX <= 0
     unstable = ~active & ~dead
+    stable_slope = torch.where(active, torch.ones_like(lo_BX), torch.full_like(lo_BX, leak))
     width = torch.where(unstable, hi_BX - lo_BX, torch.ones_like(lo_BX))
-    up_slope = torch.where(unstable, hi_BX / width, active.to(lo_BX.dtype))
+    up_slope = torch.where(unstable, (hi_BX - leak * lo_BX) / width, stable_slope)
     u = rounding.unit_roundoff(lo_BX.dtype)
-    ends = torch.maximum(-(lo_BX * up_slope), hi_BX - hi_BX * up_slope)
-    slack = 4 * u * (up_slope.abs() * (lo_BX.abs() + hi_BX.abs()) + hi_BX.abs()) + torch.finfo(lo_BX.dtype).tiny
+    ends = torch.maximum(leak * lo_BX - lo_BX * up_slope, hi_BX - hi_BX * up_slope)
+    slack = 4 * u * (up_slope.abs() * (lo_BX.abs() + hi_BX.abs()) + hi_BX.abs() + leak * lo_BX.abs()) \
+        + torch.finfo(lo_BX.dtype).tiny
     up_icpt = torch.where(unstable, rounding.round_up(ends + slack), torch.zeros_like(lo_BX))
-    low_slope = torch.where(unstable, (hi_BX >= -lo_BX).to(lo_BX.dtype), active.to(lo_BX.dtype))
+    adaptive = torch.where(hi_BX >= -lo_BX, torch.ones_like(lo_BX), torch.full_like(lo_BX, leak))
+    low_slope = torch.where(unstable, adaptive, stable_slope)
     return low_slope, up_slope, up_icpt
+
+
+def _rectifier_backward(leak: float, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tensor | None):
+    """CROWN through y = max(x, leak * x); see `relu_backward`."""
+    low_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in relu_slopes(lo_BX, hi_BX, leak))
+    if alpha_BSX is not None:
+        unstable = ((lo_BX < 0) & (hi_BX > 0)).unsqueeze(1)
+        inside = alpha_BSX - (alpha_BSX - alpha_BSX.clamp(0, 1)).detach()  # in [0, 1]; gradient 1 at the ends
+        lam = leak + inside * (1 - leak)
+        lam = lam - (lam - lam.clamp(leak, 1)).detach()  # exactly in [leak, 1] after rounding
+        low_slope = torch.where(unstable, lam, low_slope)
+    A_pos, A_neg = A_BSY.clamp(min=0), A_BSY.clamp(max=0)
+    A_BSX = A_pos * low_slope + A_neg * up_slope
+    size_BX = rounding.magnitude_of(lo_BX, hi_BX) + up_icpt.squeeze(1)
+    return A_BSX, _sum_rows(A_neg * up_icpt), _rows_error(A_BSY, size_BX, _terms(lo_BX, A_BSY))
 
 
 def relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tensor | None = None):
@@ -121,32 +144,44 @@ def relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tensor
     Rounding: each new coefficient is one product (error <= u |A| for slopes in [0, 1]) and
     the bias a sum of products A- t: bounded by gamma |A| . (max|x| + t).
     """
-    low_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in relu_slopes(lo_BX, hi_BX))
-    if alpha_BSX is not None:
-        unstable = ((lo_BX < 0) & (hi_BX > 0)).unsqueeze(1)
-        inside = alpha_BSX - (alpha_BSX - alpha_BSX.clamp(0, 1)).detach()  # in [0, 1]; gradient 1 at the ends
-        low_slope = torch.where(unstable, inside, low_slope)
-    A_pos, A_neg = A_BSY.clamp(min=0), A_BSY.clamp(max=0)
-    A_BSX = A_pos * low_slope + A_neg * up_slope
-    size_BX = rounding.magnitude_of(lo_BX, hi_BX) + up_icpt.squeeze(1)
-    return A_BSX, _sum_rows(A_neg * up_icpt), _rows_error(A_BSY, size_BX, _terms(lo_BX, A_BSY))
+    return _rectifier_backward(0.0, A_BSY, lo_BX, hi_BX, alpha_BSX)
 
 
-def _pool_geometry(layer: nn.Module) -> tuple[int, int, int]:
-    def first(value):
-        return value[0] if isinstance(value, (tuple, list)) else value
+def leaky_relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tensor | None = None):
+    """CROWN through y = max(x, s x) with s = ``layer.negative_slope`` in [0, 1) (`relu_slopes`).
 
-    kernel = first(getattr(layer, "kernel_size", None) or layer.kernel)
-    stride = first(getattr(layer, "stride", None) or kernel)
-    padding = first(getattr(layer, "padding", 0) or 0)
-    return int(kernel), int(stride), int(padding)
+    ``alpha_BSX`` in [0, 1] maps to the lower slope s + alpha (1 - s) of unstable neurons
+    (alpha-CROWN); without it, CROWN's adaptive slope (1 if u >= -l, else s). Rounding as in
+    `relu_backward` (slopes stay in [0, 1]).
+    """
+    return _rectifier_backward(float(layer.negative_slope), A_BSY, lo_BX, hi_BX, alpha_BSX)
 
 
-def _windows(t_BCHW: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+# Backward rules that take alpha-CROWN's free lower slopes (``alpha_BSX`` in [0, 1]).
+ALPHA_RULES: frozenset[BackwardRule] = frozenset({relu_backward, leaky_relu_backward})
+
+
+Pair = tuple[int, int]
+
+
+def _pool_geometry(layer: nn.Module) -> tuple[Pair, Pair, Pair]:
+    """(kernel, stride, padding) of a pool, each (height, width): tapsc's pools (``kernel``)
+    and torch's (``kernel_size``), sizes written as one number or a pair."""
+    def pair(value) -> Pair:
+        return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+    kernel = pair(getattr(layer, "kernel_size", None) or layer.kernel)
+    stride = pair(getattr(layer, "stride", None) or kernel)
+    padding = pair(getattr(layer, "padding", 0) or 0)
+    return kernel, stride, padding
+
+
+def _windows(t_BCHW: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair) -> torch.Tensor:
     """(B, C, P, L) windows, padded with -inf as max pooling pads."""
     B, C = t_BCHW.shape[:2]
-    padded = F.pad(t_BCHW, (padding,) * 4, value=float("-inf"))
-    return F.unfold(padded, kernel, stride=stride).reshape(B, C, kernel * kernel, -1)
+    (ph, pw) = padding
+    padded = F.pad(t_BCHW, (pw, pw, ph, ph), value=float("-inf"))
+    return F.unfold(padded, kernel, stride=stride).reshape(B, C, kernel[0] * kernel[1], -1)
 
 
 def maxpool_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
@@ -167,9 +202,10 @@ def maxpool_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     const_BSCL = A_neg * ((1 - dominant_BCL) * upper_BCL).unsqueeze(1)
     onehot_BCPL = torch.zeros_like(lo_BCPL).scatter(2, best_BC1L, 1.0)
     spread_BSCPL = coeff_BSCL.unsqueeze(3) * onehot_BCPL.unsqueeze(1)
-    folded = F.fold(spread_BSCPL.reshape(B * S, C * kernel * kernel, -1),
-                    (H + 2 * padding, W + 2 * padding), kernel, stride=stride)
-    A_BSX = folded[..., padding:padding + H, padding:padding + W].reshape(B, S, C, H, W)
+    (ph, pw) = padding
+    folded = F.fold(spread_BSCPL.reshape(B * S, C * kernel[0] * kernel[1], -1),
+                    (H + 2 * ph, W + 2 * pw), kernel, stride=stride)
+    A_BSX = folded[..., ph:ph + H, pw:pw + W].reshape(B, S, C, H, W)
     # Rounding: fold sums overlapping windows' coefficients, the bias sums A- times the
     # largest upper bound: both bounded by gamma |A| . maxpool(max|x|).
     size_BY = magnitude(layer, rounding.magnitude_of(lo_BX, hi_BX))
@@ -224,7 +260,7 @@ def _batchnorm_magnitude(layer: nn.modules.batchnorm._BatchNorm, m):
 
 
 def _positive_magnitude(layer, m):
-    """For maps with nonnegative weights and no bias (pools, reshapes, relu): the map itself."""
+    """For maps with nonnegative weights and no bias (pools, reshapes, relu, leaky relu): the map itself."""
     return layer(m)
 
 
@@ -248,6 +284,7 @@ register(nn.BatchNorm2d, affine_backward, _batchnorm_interval, magnitude=_batchn
 for _cls in (nn.Flatten, nn.Identity, nn.AvgPool2d):  # avgpool: positive weights, monotone
     register(_cls, affine_backward, _monotone_interval, magnitude=_positive_magnitude)
 register(nn.ReLU, relu_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
+register(nn.LeakyReLU, leaky_relu_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
 register(nn.MaxPool2d, maxpool_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
 
 # ---------------------------------------------------------------- tapsc layer kinds
@@ -257,6 +294,7 @@ KIND_RULES: dict[str, tuple[BackwardRule, bool]] = {
     "batchnorm": (affine_backward, False), "normalize": (affine_backward, False),
     "flatten": (affine_backward, False), "avgpool": (affine_backward, False),
     "identity": (affine_backward, False), "relu": (relu_backward, True),
+    "leaky_relu": (leaky_relu_backward, True),
     "maxpool": (maxpool_backward, True),
 }
 _tapsc_registered = False

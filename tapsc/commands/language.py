@@ -159,6 +159,8 @@ def _split_text(spec) -> str:
 
     if isinstance(spec.split, ir.SplitAtLayer):
         return f"classifier from layer {spec.split.index}"
+    if isinstance(spec.split, ir.SplitAtName):
+        return f"classifier from layer `{spec.split.name}`"
     return f"{spec.split.count} ReLU(s) in the classifier"
 
 

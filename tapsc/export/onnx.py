@@ -34,7 +34,7 @@ from torch import nn
 
 from tapsc.errors import UnsupportedExport
 
-PLAIN_OPS = {"Conv", "Gemm", "MatMul", "Add", "Relu", "Flatten", "Reshape", "AveragePool", "MaxPool", "Pad",
+PLAIN_OPS = {"Conv", "Gemm", "MatMul", "Add", "Relu", "LeakyRelu", "Flatten", "Reshape", "AveragePool", "MaxPool", "Pad",
              "Constant"}
 
 
@@ -75,8 +75,8 @@ def _normalize_affine(layer) -> ChannelAffine:
 
 
 def _conv(layer) -> nn.Conv2d:
-    out_c, in_c, k, _ = layer.weight.shape
-    conv = nn.Conv2d(in_c, out_c, k, layer.stride, layer.padding, bias=True)
+    out_c, in_c, kh, kw = layer.weight.shape
+    conv = nn.Conv2d(in_c, out_c, (kh, kw), layer.stride, layer.padding, bias=True)
     conv.weight.data.copy_(layer.weight.detach())
     conv.bias.data.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_c))
     return conv
@@ -96,6 +96,7 @@ LOWERINGS = {
     "batchnorm": _batchnorm_affine,
     "normalize": _normalize_affine,
     "relu": lambda layer: nn.ReLU(),
+    "leaky_relu": lambda layer: nn.LeakyReLU(layer.negative_slope),
     "flatten": lambda layer: nn.Flatten(),
     "maxpool": lambda layer: nn.MaxPool2d(layer.kernel, layer.stride, layer.padding),
     "avgpool": lambda layer: nn.AvgPool2d(layer.kernel, layer.stride, layer.padding),

@@ -7,11 +7,11 @@ from tapsc.layers.base import LAYERS, BoundLayer, build_layers, register_layer, 
 from tapsc.layers import affine, batchnorm, elementwise, residual  # noqa: F401  (registers the kinds)
 from tapsc.layers.affine import Conv, Linear
 from tapsc.layers.batchnorm import BatchNorm
-from tapsc.layers.elementwise import AvgPool, Flatten, Identity, MaxPool, Normalize, ReLU
+from tapsc.layers.elementwise import AvgPool, Flatten, Identity, LeakyReLU, MaxPool, Normalize, ReLU
 from tapsc.layers.residual import Residual
 
 __all__ = [
     "LAYERS", "BoundLayer", "build_layers", "register_layer", "run_forward", "run_interval",
-    "Conv", "Linear", "BatchNorm", "AvgPool", "Flatten", "Identity", "MaxPool", "Normalize", "ReLU",
+    "Conv", "Linear", "BatchNorm", "AvgPool", "Flatten", "Identity", "LeakyReLU", "MaxPool", "Normalize", "ReLU",
     "Residual",
 ]

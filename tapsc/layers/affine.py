@@ -25,7 +25,7 @@ def _centre_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, to
 
 @register_layer("conv")
 class Conv(BoundLayer):
-    """2-d convolution; parameters ``weight`` (O, C, k, k) and ``bias`` (O,) as in nn.Conv2d."""
+    """2-d convolution; parameters ``weight`` (O, C, kh, kw) and ``bias`` (O,) as in nn.Conv2d."""
 
     autocast = "lowers"
 
@@ -36,8 +36,8 @@ class Conv(BoundLayer):
                               bias=node.bias)
         self.weight = reference.weight
         self.bias = reference.bias
-        self.stride = node.stride
-        self.padding = node.padding
+        self.stride = ir.pair(node.stride)
+        self.padding = ir.pair(node.padding)
 
     @classmethod
     def build(cls, node: ir.Conv, in_shape: Shape):
@@ -62,8 +62,8 @@ class Conv(BoundLayer):
         return self.weight[0].numel()
 
     def extra_repr(self) -> str:
-        out_c, in_c, k, _ = self.weight.shape
-        return f"{in_c}, {out_c}, kernel={k}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        out_c, in_c, kh, kw = self.weight.shape
+        return f"{in_c}, {out_c}, kernel={(kh, kw)}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
 
 
 @register_layer("linear")

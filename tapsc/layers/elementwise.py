@@ -1,4 +1,4 @@
-"""Parameter-free layer kinds: relu, flatten, identity, max and average pooling, normalize.
+"""Parameter-free layer kinds: relu, leaky_relu, flatten, identity, max and average pooling, normalize.
 
 Every kind here is monotone non-decreasing in each input, so the inherited interval
 rule (apply forward to both bounds) is tight, and it stays sound in floating point
@@ -30,6 +30,33 @@ class ReLU(BoundLayer):
 
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         return m
+
+
+@register_layer("leaky_relu")
+class LeakyReLU(BoundLayer):
+    """y = x for x >= 0, slope * x below (monotone for slope >= 0).
+
+    ``negative_slope`` (nn.LeakyReLU's name, so one bound rule serves both) is the IR's
+    slope rounded to float32: then float32 and float64 evaluations use the same real
+    slope, the one certification reasons about and the ONNX file stores.
+    """
+
+    def __init__(self, slope: float):
+        super().__init__()
+        self.negative_slope = float(torch.tensor(slope, dtype=torch.float32))
+
+    @classmethod
+    def build(cls, node: ir.LeakyReLU, in_shape: Shape):
+        return cls(node.slope), tuple(in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.negative_slope)
+
+    def magnitude(self, m: torch.Tensor) -> torch.Tensor:
+        return m  # |y| <= |x| and y is the single term x or slope * x
+
+    def extra_repr(self) -> str:
+        return f"slope={self.negative_slope}"
 
 
 @register_layer("flatten")
@@ -67,9 +94,9 @@ class Identity(BoundLayer):
 class _Pool(BoundLayer):
     def __init__(self, node: ir.AvgPool | ir.MaxPool):
         super().__init__()
-        self.kernel = node.kernel
-        self.stride = node.stride or node.kernel
-        self.padding = node.padding
+        self.kernel = ir.pair(node.kernel)
+        self.stride = ir.pair(node.stride or node.kernel)
+        self.padding = ir.pair(node.padding)
 
     @classmethod
     def build(cls, node, in_shape: Shape):

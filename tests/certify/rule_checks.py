@@ -24,13 +24,15 @@ from tapsc.layers import LAYERS
 # (the registry is the list; `test_every_rule_class_has_a_case` fails on a kind missing here),
 # plain torch classes (the folded export model) by constructor. Input shapes per sample.
 TAPSC_CASES: dict[str, tuple[ir.Node | None, tuple[int, ...]]] = {
-    "conv": (ir.Conv(out_channels=3, kernel=3, stride=2, padding=1), (2, 5, 5)),
+    # non-square windows (square ones: the residual case and the torch cases)
+    "conv": (ir.Conv(out_channels=3, kernel=(3, 2), stride=(2, 1), padding=(1, 0)), (2, 5, 6)),
     "linear": (ir.Linear(out_features=5), (6,)),
     "batchnorm": (ir.BatchNorm(), (3, 3, 3)),
     "relu": (ir.ReLU(), (2, 3, 3)),
+    "leaky_relu": (ir.LeakyReLU(slope=0.1), (2, 3, 3)),
     "flatten": (ir.Flatten(), (2, 3, 3)),
-    "avgpool": (ir.AvgPool(kernel=3, stride=2, padding=1), (2, 5, 5)),
-    "maxpool": (ir.MaxPool(kernel=2, stride=1, padding=1), (2, 4, 4)),
+    "avgpool": (ir.AvgPool(kernel=(3, 2), stride=(2, 1), padding=(1, 0)), (2, 5, 5)),
+    "maxpool": (ir.MaxPool(kernel=(2, 3), stride=(1, 2), padding=(1, 1)), (2, 4, 5)),
     "normalize": (ir.Normalize(mean=(0.5, -0.2), std=(0.3, 0.1)), (2, 3, 3)),
     "identity": (None, (5,)),
     "residual": (ir.Residual(body=(ir.Conv(out_channels=2, kernel=3, padding=1), ir.BatchNorm(), ir.ReLU()),
@@ -45,7 +47,8 @@ TORCH_CASES: dict[type, tuple] = {
     nn.Identity: (lambda: nn.Identity(), (5,)),
     nn.AvgPool2d: (lambda: nn.AvgPool2d(2, 1), (2, 4, 4)),
     nn.ReLU: (lambda: nn.ReLU(), (6,)),
-    nn.MaxPool2d: (lambda: nn.MaxPool2d(2), (2, 4, 4)),
+    nn.LeakyReLU: (lambda: nn.LeakyReLU(0.3), (6,)),
+    nn.MaxPool2d: (lambda: nn.MaxPool2d(2), (2, 4, 4)),  # square; the tapsc case is not
 }
 
 

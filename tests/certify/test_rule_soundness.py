@@ -105,6 +105,19 @@ def _interval_shrunk(layer, lo, hi):
     return out_lo + 0.1 * (out_hi - out_lo), out_hi
 
 
+class _LeakyMutant(nn.LeakyReLU):
+    pass
+
+
+def _leaky_as_relu(layer, A, lo, hi):
+    return rules.relu_backward(layer, A, lo, hi)  # lower slope 0 below leak: too high for dead neurons
+
+
+def _leaky_upper_through_zero(layer, A, lo, hi):
+    A_in, bias, error = rules.leaky_relu_backward(layer, A, lo, hi)
+    return A_in, torch.zeros_like(bias), error  # the upper line's intercept dropped
+
+
 class _LinearMutant(nn.Linear):
     pass
 
@@ -118,6 +131,9 @@ MUTANTS = {
     "linear: bias dropped": (_LinearMutant, lambda: _LinearMutant(6, 4), (6,), "backward", _affine_bias_dropped),
     "maxpool: upper line lowered": (_PoolMutant, lambda: _PoolMutant(2), (2, 4, 4), "backward",
                                     _maxpool_upper_lowered),
+    "leaky_relu: relaxed as relu": (_LeakyMutant, lambda: _LeakyMutant(0.3), (6,), "backward", _leaky_as_relu),
+    "leaky_relu: upper intercept 0": (_LeakyMutant, lambda: _LeakyMutant(0.3), (6,), "backward",
+                                      _leaky_upper_through_zero),
     "relu: interval shrunk": (_Mutant, lambda: _Mutant(), (6,), "interval", _interval_shrunk),
 }
 
@@ -143,3 +159,62 @@ def test_a_wrong_rule_fails_the_checks(name, monkeypatch):
     with pytest.raises(AssertionError):
         methods = ("crown_ibp", "crown") if which == "backward" else ("ibp",)
         check_margin_bounds(_head(layer, in_shape, 0), lo, hi, torch.tensor([0, 1, 2]), methods=methods)
+
+
+# ---------------------------------------------------------------- leaky relu: alpha and the exact lines
+
+
+@pytest.mark.parametrize("key", ["leaky_relu", nn.LeakyReLU, "relu"], ids=_id)
+def test_rectifier_rules_are_sound_for_every_alpha(key, monkeypatch):
+    """alpha-CROWN's free lower slopes (any alpha, even outside [0, 1], as Adam may leave it
+    between clamps) give sound bounds."""
+    layer, in_shape = build_case(key, 0)
+    rule = rules.backward_rule(layer)
+    assert rule in rules.ALPHA_RULES
+    generator = torch.Generator().manual_seed(1)
+
+    def with_alpha(layer, A, lo, hi):
+        alpha = torch.rand(A.shape, generator=generator, dtype=A.dtype) * 1.4 - 0.2
+        return rule(layer, A, lo, hi, alpha)
+
+    monkeypatch.setitem(rules.BACKWARD_RULES, type(layer), with_alpha)
+    for seed, radius in enumerate(RADII):
+        lo, hi = random_box(in_shape, 3, radius, seed)
+        check_backward_rule(layer, lo, hi, seed=seed)
+
+
+def test_leaky_relu_lines_follow_the_slope():
+    """Upper line through (l, s l) and (u, u) up to rounding; lower slope 1 or s (adaptive),
+    s + alpha (1 - s) with alpha; stable neurons exact."""
+    s = 0.25
+    lo = torch.tensor([-2.0, -1.0, 0.5, -3.0], dtype=torch.float64)
+    hi = torch.tensor([1.0, 3.0, 2.0, -1.0], dtype=torch.float64)
+    low, up, icpt = rules.relu_slopes(lo, hi, s)
+    assert low.tolist() == [s, 1.0, 1.0, s]
+    expected_up = ((hi - s * lo) / (hi - lo))[:2]
+    torch.testing.assert_close(up[:2], expected_up)
+    assert up[2:].tolist() == [1.0, s] and icpt[2:].tolist() == [0.0, 0.0]
+    at_lo, at_hi = up[:2] * lo[:2] + icpt[:2], up[:2] * hi[:2] + icpt[:2]
+    assert (at_lo >= s * lo[:2]).all() and (at_hi >= hi[:2]).all()
+    torch.testing.assert_close(at_lo, s * lo[:2]) and torch.testing.assert_close(at_hi, hi[:2])
+    layer = nn.LeakyReLU(s)
+    A = torch.ones(1, 1, 4, dtype=torch.float64)
+    alpha = torch.tensor([0.0, 0.5, 0.5, 0.5], dtype=torch.float64).reshape(1, 1, 4)
+    A_in, _, _ = rules.leaky_relu_backward(layer, A, lo[None], hi[None], alpha)
+    assert A_in.flatten().tolist() == [s, s + 0.5 * (1 - s), 1.0, s]
+
+
+def test_alpha_crown_optimises_leaky_relu_slopes():
+    """alpha-CROWN treats leaky relus like relus: its bound is at least CROWN's."""
+    from tapsc.certify.linear import LinearBounds
+
+    torch.manual_seed(3)
+    layers = [nn.Linear(4, 8).double(), nn.LeakyReLU(0.1), nn.Linear(8, 8).double(), nn.LeakyReLU(0.1),
+              nn.Linear(8, 3).double()]
+    lo, hi = random_box((4,), 4, 0.5, 3)
+    bounds = LinearBounds(layers)
+    labels = torch.tensor([0, 1, 2, 0])
+    crown = bounds.margin_lower_bounds(lo, hi, labels, "crown")
+    alpha = bounds.margin_lower_bounds(lo, hi, labels, "alpha_crown")
+    assert (alpha >= crown - 1e-12).all() and (alpha > crown + 1e-9).any()
+    check_margin_bounds(layers, lo, hi, labels)

@@ -14,13 +14,14 @@ from compile_helpers import assert_contains, sample_box
 
 # One IR node and an input shape per kind; every registered kind must appear here.
 CASES = {
-    "conv": (ir.Conv(out_channels=3, kernel=3, stride=2, padding=1), (2, 7, 7)),
+    "conv": (ir.Conv(out_channels=3, kernel=(3, 5), stride=(2, 1), padding=(1, 2)), (2, 7, 6)),
     "linear": (ir.Linear(out_features=5), (7,)),
     "batchnorm": (ir.BatchNorm(), (3, 4, 4)),
     "relu": (ir.ReLU(), (3, 4, 4)),
+    "leaky_relu": (ir.LeakyReLU(slope=0.2), (3, 4, 4)),
     "flatten": (ir.Flatten(), (2, 3, 3)),
-    "avgpool": (ir.AvgPool(kernel=3, stride=2, padding=1), (2, 5, 5)),
-    "maxpool": (ir.MaxPool(kernel=2, stride=1, padding=1), (2, 5, 5)),
+    "avgpool": (ir.AvgPool(kernel=(3, 2), stride=(2, 1), padding=(1, 1)), (2, 5, 5)),
+    "maxpool": (ir.MaxPool(kernel=(2, 3), stride=(1, 2), padding=(1, 1)), (2, 5, 6)),
     "normalize": (ir.Normalize(mean=(0.5, 0.2), std=(0.3, 0.1)), (2, 4, 4)),
     "residual": (ir.Residual(body=(ir.Conv(out_channels=2, kernel=3, padding=1), ir.BatchNorm(), ir.ReLU()),
                              shortcut=(ir.Conv(out_channels=2, kernel=1),)), (2, 4, 4)),

@@ -24,10 +24,19 @@ MLP = (ir.Flatten(), ir.Linear(out_features=12), ir.BatchNorm(), ir.ReLU(), ir.L
 LOOSE_BN = (ir.BatchNorm(), ir.Conv(out_channels=3, kernel=3), ir.ReLU(), ir.BatchNorm(),
             ir.Residual(body=(ir.Conv(out_channels=3, kernel=1),)), ir.BatchNorm(), ir.Flatten(),
             ir.Linear(out_features=3))
+# leaky relus: a LeakyRelu op, and a batchnorm after one stays a diagonal 1x1 conv
+LEAKY = (ir.Conv(out_channels=3, kernel=3, padding=1), ir.LeakyReLU(slope=0.1), ir.BatchNorm(),
+         ir.Conv(out_channels=3, kernel=3), ir.LeakyReLU(slope=0.3), ir.Flatten(), ir.Linear(out_features=3))
+
+# non-square kernels, strides and paddings in conv and both pools
+NONSQUARE = (ir.Conv(out_channels=3, kernel=(3, 5), stride=(1, 2), padding=(1, 2)), ir.ReLU(),
+             ir.MaxPool(kernel=(2, 3), stride=(2, 1), padding=(1, 1)), ir.Conv(out_channels=2, kernel=(1, 2)),
+             ir.AvgPool(kernel=(3, 2), stride=1, padding=(1, 0)), ir.Flatten(), ir.Linear(out_features=3))
 
 
 @pytest.mark.parametrize("layers,normalize,opset", [
-    (image_layers(), True, 13), (image_layers(), False, 17), (MLP, True, 13), (LOOSE_BN, True, 15)])
+    (image_layers(), True, 13), (image_layers(), False, 17), (MLP, True, 13), (LOOSE_BN, True, 15),
+    (LEAKY, True, 13), (NONSQUARE, True, 13), (NONSQUARE, False, 17)])
 def test_onnx_matches_the_network_with_plain_ops_only(tmp_path, layers, normalize, opset):
     network = random_network(7, layers=layers, normalize=normalize)
     x = torch.rand(16, *network.input_shape)
@@ -43,6 +52,15 @@ def test_onnx_matches_the_network_with_plain_ops_only(tmp_path, layers, normaliz
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_value for d in graph_output.type.tensor_type.shape.dim] == [1, network.num_classes]
     assert not (tmp_path / "net.onnx.data").exists()
+
+
+def test_leaky_relu_exports_as_leaky_relu_with_its_slope(tmp_path):
+    network = random_network(11, layers=LEAKY)
+    export_onnx(network, tmp_path / "net.onnx", torch.rand(4, *network.input_shape))
+    model = onnx.load(str(tmp_path / "net.onnx"))
+    leaky = [node for node in model.graph.node if node.op_type == "LeakyRelu"]
+    alphas = [onnx.helper.get_attribute_value(a) for node in leaky for a in node.attribute if a.name == "alpha"]
+    assert alphas == pytest.approx([0.1, 0.3])
 
 
 def test_folded_model_equals_the_network_and_has_no_batchnorm():
