@@ -1,4 +1,4 @@
-"""Linear bounds by back-substitution: CROWN-IBP and CROWN (plus plain IBP).
+"""Linear bounds by back-substitution: CROWN-IBP, CROWN and alpha-CROWN (plus plain IBP).
 
 A linear lower bound ``A . y_n + bias`` on some node n of the graph is pushed back
 layer by layer (`tapsc.certify.rules`) to the input, where it is concretised over the
@@ -59,7 +59,7 @@ def spec_matrix(labels_B: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 class LinearBounds:
-    """IBP, CROWN-IBP and CROWN over one ordered module list (eval mode).
+    """IBP, CROWN-IBP, CROWN and alpha-CROWN over one ordered module list (eval mode).
 
     Args:
         layers: the network's module list (residual blocks are expanded), in eval mode.
