@@ -364,6 +364,10 @@ def export_command(
     count = samples or spec.export.samples
     test_set = _test_set(spec, data_root)
     verdicts = _known_verdicts(results or loaded.out_dir, radius, required=only_unknown)
+    if only_unknown and not any(v.verdict == "unknown" for v in verdicts.values()):
+        console.print(f"`tapsc certify` left no sample unknown at eps {radius:g} ({len(verdicts)} certified, "
+                      "falsified or misclassified): nothing to export, no benchmark written")
+        return
     chosen = _export_samples(loaded.network, test_set, count, verdicts, only_unknown)
     folder = out or loaded.out_dir / "vnncomp"
     parity = torch.stack([test_set[i][0] for i in range(min(len(test_set), 100))]).float()

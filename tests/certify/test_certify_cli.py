@@ -94,6 +94,18 @@ def test_export_only_unknown(run_dir, tmp_path):
     assert mismatch.exit_code == 1 and "eps-mismatch" in mismatch.output
 
 
+def test_export_only_unknown_with_nothing_unknown_writes_nothing(run_dir, tmp_path):
+    out = tmp_path / "results"
+    assert invoke("certify", run_dir, "--samples", 20, "--eps", 0, "--device", "cpu", "--out", out).exit_code == 0
+    verdicts = json.loads((out / "certify-eps0.json").read_text())["samples"]
+    assert not any(s["verdict"] == "unknown" for s in verdicts)  # eps 0: every correct sample is certified
+    bench = tmp_path / "bench"
+    result = invoke("export", run_dir, "--only-unknown", "--eps", 0, "--certify-results", out, "--out", bench)
+    assert result.exit_code == 0, result.output
+    assert "no sample unknown at eps 0" in result.output and "nothing to export" in result.output
+    assert not bench.exists()
+
+
 def test_spec_with_checkpoint_and_user_errors(run_dir, tmp_path):
     spec_file = tmp_path / "net.taps"
     spec_file.write_text(SPEC)
