@@ -47,7 +47,7 @@ def verify_command(
     canaries: Optional[int] = typer.Option(None, "--canaries", min=0, help="Also hand over the first K samples "
                                            "the cascade falsified: an unsat on one is a soundness conflict "
                                            "(exit 2). Default 2 for marabou, else 0."),
-    which: str = typer.Option("best", "--which", help="Checkpoint of the run: best or last."),
+    which: str = common.WHICH,
     eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Work on the results `tapsc certify --eps E` "
                                         "wrote (default certify.json, else the only certify-eps<E>.json)."),
     data_root: Optional[str] = common.DATA_ROOT,
@@ -55,6 +55,7 @@ def verify_command(
     """Run a complete verifier on the samples `tapsc certify` left unknown; merge its checked answers."""
     from tapsc.certify import verifiers
 
+    common.check_which(which)
     if setup is not None:
         if setup not in verifiers.SETUPS:
             raise TapscError(Diagnostic(code="unknown-verifier", message=f"`--setup {setup}`: tapsc cannot install "

@@ -123,7 +123,7 @@ def _parse_methods(text: str) -> list[str]:
 def certify_command(
     target: Path = typer.Argument(..., help="A run directory, or a .taps spec with --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights for a spec file."),
-    which: str = typer.Option("best", "--which", help="Checkpoint of a run: best or last."),
+    which: str = common.WHICH,
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="The first N samples (of the range)."),
     span: Optional[str] = typer.Option(None, "--range", help="Samples START:STOP of the test set."),
     random: Optional[int] = typer.Option(None, "--random", min=1, help="A seeded random subset of N samples."),
@@ -145,6 +145,7 @@ def certify_command(
                                                  help="Shard the samples over N local processes (GPUs)."),
 ) -> None:
     """Certify test samples in-house (attack, IBP, CROWN-IBP, CROWN), or merge a verifier's results."""
+    common.check_which(which)
     radii = _parse_eps(eps)
     if merge:
         base = out or (target if target.is_dir() else checkpoint.parent if checkpoint else Path("."))
@@ -332,7 +333,7 @@ def export_command(
     onnx: bool = typer.Option(False, "--onnx", help="Write the ONNX network."),
     vnnlib: bool = typer.Option(False, "--vnnlib", help="Write VNN-LIB properties, instances.csv, manifest.json."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights for a spec file."),
-    which: str = typer.Option("best", "--which", help="Checkpoint of a run: best or last."),
+    which: str = common.WHICH,
     out: Optional[Path] = typer.Option(None, "--out", help="Benchmark folder (default RUN_DIR/vnncomp)."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Properties to write (default export.samples)."),
     eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default export.eps, else perturbation.eps)."),
@@ -344,6 +345,7 @@ def export_command(
     """Export ONNX + VNN-LIB in the VNN-COMP layout (both when neither flag is given)."""
     import torch
 
+    common.check_which(which)
     from tapsc.export.benchmark import write_benchmark
 
     if not onnx and not vnnlib:
