@@ -124,15 +124,14 @@ def batch_estimates(network, x_B, y_B, spec: ir.Spec, methods: Sequence[str]) ->
 
 
 def stored_verdicts(run_dir: Path, eps: float) -> tuple[str | None, dict[int, dict]]:
-    """Per-sample rows of the run's certify.json (which holds a merged verifier's checked
-    verdicts too, after `tapsc certify --merge`), when computed at ``eps``; ``(file name, {index: row})``."""
-    certify = Path(run_dir) / "certify.json"
-    if not certify.is_file():
+    """Per-sample rows of the run's certify.json or certify-eps<E>.json computed at ``eps`` (which
+    holds a merged verifier's checked verdicts too, after `tapsc certify --merge`); ``(file name, {index: row})``."""
+    from tapsc.certify.report import find_results
+
+    certify = find_results(Path(run_dir), eps)
+    if certify is None:
         return None, {}
     document = json.loads(certify.read_text())
-    settings_eps = document.get("settings", {}).get("eps")
-    if settings_eps is None or not math.isclose(settings_eps, eps, rel_tol=1e-6):
-        return None, {}
     return certify.name, {int(row["index"]): row for row in document.get("samples", [])}
 
 

@@ -12,9 +12,9 @@ and excludes ``end``; ``end=None`` means "until the last epoch".
 from __future__ import annotations
 
 import typing
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from tapsc.data.catalogue import DATASET_NAMES
@@ -318,19 +318,24 @@ class Connector(Node):
 
 class _Phase(Node):
     """A training phase over epochs [start, end). ``robust``: the phase trains against an eps
-    ball, so it needs a positive eps (read by the checks, never listed again)."""
+    ball, so it needs a positive eps (read by the checks, never listed again). ``trains_for``:
+    the eval metric the phase trains for, which picks the default ``eval.select``
+    (``default_select``); certified-training phases: ``taps``, the cheap certifiability estimate."""
 
     robust: ClassVar[bool] = True
+    trains_for: ClassVar[str] = "taps"
     start: NonNegativeInt = 0
     end: PositiveInt | None = None
 
 
 class NaturalPhase(_Phase):
     robust: ClassVar[bool] = False
+    trains_for: ClassVar[str] = "natural"
     kind: Literal["natural"] = "natural"
 
 
 class PGDPhase(_Phase):
+    trains_for: ClassVar[str] = "pgd"
     kind: Literal["pgd"] = "pgd"
     attack: InputAttack = InputAttack()
 
@@ -454,7 +459,14 @@ class Eval(Node):
     samples: PositiveInt | None = None  # None: the whole test set
     batch: PositiveInt = 128
     attack: InputAttack = InputAttack(steps=50, restarts=2, loss="margin")
-    select: Metric = "taps"  # selects the best checkpoint
+    select: Metric = "taps"  # selects the best checkpoint; unset: default_select(method.phases)
+
+
+def default_select(phases: Sequence[_Phase]) -> str:
+    """``eval.select`` when the spec does not set it: the most robust metric its phases train
+    for, in ``METRICS`` order (natural < pgd < taps): ``natural`` for natural-only specs,
+    ``pgd`` for natural/PGD ones, else ``taps``."""
+    return max((type(p).trains_for for p in phases), key=METRICS.index, default="taps")
 
 
 class Export(Node):
@@ -480,3 +492,12 @@ class Spec(Node):
     eval: Eval = Eval()
     export: Export = Export()
     distributed: Distributed = Distributed()
+
+    @model_validator(mode="after")
+    def _default_select(self) -> "Spec":
+        """An unset ``eval.select`` follows the phases (``default_select``); ir.json stores it."""
+        if "select" not in self.eval.model_fields_set:
+            chosen = default_select(self.method.phases)
+            if chosen != self.eval.select:
+                object.__setattr__(self, "eval", self.eval.model_copy(update={"select": chosen}))
+        return self

@@ -153,9 +153,9 @@ def _method(method: ir.Method) -> list[str]:
     return _section("method", lines)
 
 
-def _settings(head: str, node: BaseModel) -> list[str]:
+def _settings(head: str, node: BaseModel, baseline: BaseModel | None = None) -> list[str]:
     lines = []
-    for name, value in _changed(node).items():
+    for name, value in _changed(node, baseline=baseline).items():
         if isinstance(value, (ir.InputAttack, ir.LatentAttack)):
             lines.append(_attack(name, value, node))
         elif isinstance(node, ir.Optimizer) and name == "warmup":
@@ -176,7 +176,7 @@ def print_spec(spec: ir.Spec) -> str:
         _perturbation(spec.perturbation),
         _method(spec.method),
         _settings(f"optimizer {spec.optimizer.kind}", spec.optimizer),
-        _settings("eval", spec.eval),
+        _settings("eval", spec.eval, ir.Eval(select=ir.default_select(spec.method.phases))),  # select follows phases
         _settings("export", spec.export),
         _settings("distributed", spec.distributed) if _changed(spec.distributed) else [],
     ]

@@ -6,6 +6,10 @@ the merged results files, problems and conflicts; ``certify.csv`` holds one row 
 sample (index, label, prediction, verdict, method, source, margin bound, time). Both are
 written atomically. `read_verdicts` reads either back, which is how ``tapsc export
 --only-unknown`` and ``tapsc certify --merge`` find the verdicts.
+
+One pair of files per radius: ``certify.json``/``.csv`` at the spec's ``perturbation.eps``
+(what `tapsc verify`, `tapsc eval`, sweeps and analyses read), ``certify-eps<E>.json``/``.csv``
+at any other radius E (``results_stem``; ``find_results`` finds the file of a radius).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +28,49 @@ from tapsc.errors import Diagnostic, TapscError
 
 CSV_FIELDS = ("index", "label", "prediction", "verdict", "method", "source", "margin_bound", "time")
 JSON_NAME, CSV_NAME = "certify.json", "certify.csv"
+
+
+def results_stem(eps: float, spec_eps: float) -> str:
+    """The file stem of results at ``eps``: ``certify`` at the spec's eps, else ``certify-eps<E>``."""
+    return "certify" if _same_eps(eps, spec_eps) else f"certify-eps{eps:g}"
+
+
+def _same_eps(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+
+
+def find_results(folder: Path, eps: float) -> Path | None:
+    """The certify JSON of ``folder`` computed at ``eps`` (certify.json when its settings say
+    that eps, else certify-eps<E>.json), or None when there is none."""
+    folder = Path(folder)
+    for path in (folder / JSON_NAME, folder / f"certify-eps{eps:g}.json"):
+        try:
+            found = json.loads(path.read_text()).get("settings", {}).get("eps") if path.is_file() else None
+        except ValueError:
+            continue
+        if found is not None and _same_eps(float(found), eps):
+            return path
+    return None
+
+
+def pick_results(folder: Path, eps: float | None = None) -> Path:
+    """The results `tapsc verify` and `tapsc certify --merge` work on: those at ``eps``; without
+    one, certify.json, else the only certify-eps<E>.json (several: an error asking for ``--eps``)."""
+    folder = Path(folder)
+    if eps is not None:
+        found = find_results(folder, eps)
+        if found is None:
+            raise TapscError(Diagnostic(code="no-certify-results", message=f"no certification results at eps "
+                                        f"{eps:g} in {folder}", help=f"run `tapsc certify RUN_DIR --eps {eps:g}` first"))
+        return found
+    others = sorted(folder.glob("certify-eps*.json"))
+    if (folder / JSON_NAME).is_file() or not others:
+        return folder / JSON_NAME  # read_document says when it is missing
+    if len(others) > 1:
+        radii = ", ".join(p.stem.removeprefix("certify-eps") for p in others)
+        raise TapscError(Diagnostic(code="which-eps", message=f"{folder} holds results at several radii ({radii}) "
+                                    "and none at the spec's eps", help="choose one with `--eps E`"))
+    return others[0]
 
 
 def summarize(verdicts: Sequence[SampleVerdict], methods: Sequence[str]) -> dict:
@@ -70,13 +118,14 @@ def read_complete(path: Path) -> dict | None:
 
 
 def write_results(out_dir: Path, verdicts: Sequence[SampleVerdict], summary: dict, settings: dict,
-                  extra: dict | None = None) -> tuple[Path, Path]:
-    """Write certify.json (with ``extra`` keys, e.g. merges) and certify.csv into ``out_dir``, atomically."""
+                  extra: dict | None = None, stem: str = "certify") -> tuple[Path, Path]:
+    """Write <stem>.json (with ``extra`` keys, e.g. merges) and <stem>.csv into ``out_dir``, atomically
+    (``stem`` from ``results_stem``: certify.json holds the spec's eps)."""
     from tapsc.rundir import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = out_dir / JSON_NAME, out_dir / CSV_NAME
+    json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
     document = {"settings": settings, "summary": summary, "samples": [v.row() for v in verdicts], **(extra or {})}
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -47,12 +47,15 @@ def verify_command(
     canaries: Optional[int] = typer.Option(None, "--canaries", min=0, help="Also hand over the first K samples "
                                            "the cascade falsified: an unsat on one is a soundness conflict "
                                            "(exit 2). Default 2 for marabou, else 0."),
-    which: str = typer.Option("best", "--which", help="Checkpoint of the run: best or last."),
+    which: str = common.WHICH,
+    eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Work on the results `tapsc certify --eps E` "
+                                        "wrote (default certify.json, else the only certify-eps<E>.json)."),
     data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
     """Run a complete verifier on the samples `tapsc certify` left unknown; merge its checked answers."""
     from tapsc.certify import verifiers
 
+    common.check_which(which)
     if setup is not None:
         if setup not in verifiers.SETUPS:
             raise TapscError(Diagnostic(code="unknown-verifier", message=f"`--setup {setup}`: tapsc cannot install "
@@ -65,18 +68,18 @@ def verify_command(
                                     help="tapsc verify RUN_DIR (certified with `tapsc certify RUN_DIR` first)"))
     driver = verifiers.resolve(verifier, verifier_env)
     canaries = driver.canaries if canaries is None else canaries
-    if _verify(run_dir, driver, tool, timeout, grace, jobs, canaries, which, data_root):
+    if _verify(run_dir, driver, tool, timeout, grace, jobs, canaries, which, data_root, eps):
         raise typer.Exit(code=2)
 
 
-def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, data_root) -> bool:
+def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, data_root, eps=None) -> bool:
     """Export, run and merge; True when the merge found a soundness conflict."""
     import torch
 
     from tapsc.certify.instances import Job, run_instances
     from tapsc.certify.merge import (Benchmark, MergedFile, ResultsFile, check_provenance, check_tool_name,
                                      inhouse, load_benchmark, merge)
-    from tapsc.certify.report import read_document, read_verdicts
+    from tapsc.certify.report import pick_results, read_document, read_verdicts
     from tapsc.certify.results import runner_name
     from tapsc.commands.verify import _load_target, _test_set, write_merged
 
@@ -86,14 +89,15 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, 
     if tool is not None:
         driver.name = tool
     check_tool_name(driver.name)
-    document = read_document(run_dir)
+    results_path = pick_results(run_dir, eps)
+    document = read_document(results_path)
     settings = document.get("settings", {})
     loaded = _load_target(run_dir, None, which, torch.device("cpu"))
     eps = float(settings.get("eps", loaded.spec.perturbation.eps))
     provenance = loaded.provenance(eps)
     folder = run_dir / "verify" / driver.name
     check_provenance(settings, Benchmark(folder, {"provenance": provenance}, {}))  # before anything runs
-    verdicts = read_verdicts(run_dir / "certify.json")
+    verdicts = read_verdicts(results_path)
     own = {v.index: v for v in map(inhouse, verdicts)}
     unknown = [i for i, v in own.items() if v.verdict == "unknown"]
     checks = [i for i, v in own.items() if v.verdict == "falsified"][:canaries]
@@ -126,8 +130,8 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, 
               "skipped_decided": sum(o.skipped for o in outcomes), "wall_seconds": round(wall, 3),
               "words": dict(sorted(Counter(o.word for o in outcomes).items()))}
     runs = [v for v in document.get("verifiers", []) if v.get("tool") != driver.name] + [record]
-    conflict = write_merged(run_dir, document, report, runs)
-    complete = read_document(run_dir)["complete"]
+    conflict = write_merged(run_dir, document, report, runs, stem=results_path.stem)
+    complete = read_document(results_path)["complete"]
     console.print(f"complete certified accuracy: {100 * complete['rate']:.2f}% ({complete['certified']} of "
                   f"{complete['samples']} samples; {complete['unknown']} still unknown) in {wall:.1f} s")
     return conflict

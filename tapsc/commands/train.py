@@ -120,25 +120,24 @@ def eval_command(
     run_dir: Path = typer.Argument(..., help="A run directory made by `tapsc run`."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Evaluate the first N test samples."),
     device: str = common.DEVICE,
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    which: str = typer.Option("best", "--which", "--checkpoint", help="Checkpoint of the run: best or last (as "
+                              "`tapsc certify/export/verify --which`; `--checkpoint` is the old spelling)."),
     data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
     """Evaluate a run's checkpoint on the test set; writes eval-<checkpoint>.json in the run."""
     from tapsc.display import make_display, results_table
     from tapsc.evaluate import evaluate_run
 
-    if checkpoint not in ("best", "last"):
-        raise TapscError(Diagnostic(code="bad-option", message=f"unknown checkpoint `{checkpoint}`",
-                                    help="use `best` or `last`"))
+    common.check_which(which)
     if Path(run_dir).is_dir():  # eval-<checkpoint>.json goes into the run; a missing run is reported later
         ensure_writable_folder(run_dir, flag=None, what="the run directory")
     display = make_display(console)
     try:
-        results = evaluate_run(run_dir, checkpoint, samples=samples, device=device, data_root=data_root,
+        results = evaluate_run(run_dir, which, samples=samples, device=device, data_root=data_root,
                                emit=display)
     finally:
         display.close()
-    console.print(results_table(results, title=f"{run_dir} ({checkpoint} checkpoint)"))
+    console.print(results_table(results, title=f"{run_dir} ({which} checkpoint)"))
     _print_complete(run_dir)
 
 

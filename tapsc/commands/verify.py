@@ -123,7 +123,7 @@ def _parse_methods(text: str) -> list[str]:
 def certify_command(
     target: Path = typer.Argument(..., help="A run directory, or a .taps spec with --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights for a spec file."),
-    which: str = typer.Option("best", "--which", help="Checkpoint of a run: best or last."),
+    which: str = common.WHICH,
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="The first N samples (of the range)."),
     span: Optional[str] = typer.Option(None, "--range", help="Samples START:STOP of the test set."),
     random: Optional[int] = typer.Option(None, "--random", min=1, help="A seeded random subset of N samples."),
@@ -131,7 +131,9 @@ def certify_command(
     methods: str = typer.Option("ibp,crown_ibp,crown", "--methods", help="Bound methods, cheapest first."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (default eval.batch)."),
     device: str = common.DEVICE,
-    eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default perturbation.eps)."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Radius, or several comma separated (default "
+                                      "perturbation.eps); certify.json holds the spec's eps, "
+                                      "certify-eps<E>.json any other."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for certify.json/.csv (default: the run)."),
     merge: Optional[list[Path]] = typer.Option(None, "--merge", help="Verifier results (a CSV, or a folder of "
                                                "result files); repeat for several."),
@@ -143,9 +145,14 @@ def certify_command(
                                                  help="Shard the samples over N local processes (GPUs)."),
 ) -> None:
     """Certify test samples in-house (attack, IBP, CROWN-IBP, CROWN), or merge a verifier's results."""
+    common.check_which(which)
+    radii = _parse_eps(eps)
     if merge:
         base = out or (target if target.is_dir() else checkpoint.parent if checkpoint else Path("."))
-        return _merge(base, merge, tool or [], benchmark)
+        if radii is not None and len(radii) > 1:
+            raise TapscError(Diagnostic(code="bad-eps", message="`--merge` merges into the results of one eps",
+                                        help="give one `--eps E` with `--merge`"))
+        return _merge(base, merge, tool or [], benchmark, radii[0] if radii else None)
     if tool:
         raise TapscError(Diagnostic(code="tool-without-merge", message="`--tool` names the verifier of a `--merge`",
                                     help="add `--merge RESULTS` for each `--tool`"))
@@ -168,28 +175,54 @@ def certify_command(
             raise typer.Exit(code=distributed.launch(argv, nproc_per_node))
     context = distributed.init_from_env(device)
     try:
-        _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, eps, out, data_root,
-                 context)
+        _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, radii, out,
+                 data_root, context)
     finally:
         distributed.shutdown()
 
 
-def _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, eps, out, data_root,
+def _parse_eps(text: Optional[str]) -> Optional[list[float]]:
+    """``--eps 0.05,0.1``: the radii, in order, each once."""
+    if text is None:
+        return None
+    radii: list[float] = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            value = -1.0
+        if not part.strip() or value < 0 or value != value or value == float("inf"):
+            raise TapscError(Diagnostic(code="bad-eps", message=f"`--eps {text}`: `{part.strip()}` is not a radius",
+                                        help="a number >= 0, or several comma separated: `--eps 0.05,0.1`"))
+        if value not in radii:
+            radii.append(value)
+    return radii
+
+
+def _certify(target, checkpoint, which, samples, span, random, seed, chosen, batch, device, radii, out, data_root,
              context) -> None:
-    """The cascade over the chosen samples; with several processes each runs every
+    """The cascade over the chosen samples at each radius; with several processes each runs every
     world_size-th batch and rank 0 merges the verdicts and writes the report."""
-    from tapsc import distributed
-    from tapsc.certify.cascade import Cascade, certify_dataset, merge_shards, select_indices
-    from tapsc.certify.report import summarize, summary_table, write_results
+    from tapsc.certify.cascade import select_indices
     from tapsc.run import resolve_device
 
     where = resolve_device(device)
     loaded = _load_target(target, checkpoint, which, where)
     spec = loaded.spec
-    radius = spec.perturbation.eps if eps is None else eps
     test_set = _test_set(spec, data_root)
     indices = select_indices(len(test_set), samples or (spec.eval.samples if not (span or random) else None),
                              _parse_span(span), random, seed)
+    for radius in radii or [spec.perturbation.eps]:
+        _certify_at(loaded, radius, test_set, indices, chosen, batch, seed, where, out, context)
+
+
+def _certify_at(loaded, radius, test_set, indices, chosen, batch, seed, where, out, context) -> None:
+    """One radius: certify, and (rank 0) write certify.json or certify-eps<E>.json."""
+    from tapsc import distributed
+    from tapsc.certify.cascade import Cascade, certify_dataset, merge_shards
+    from tapsc.certify.report import results_stem, summarize, summary_table, write_results
+
+    spec = loaded.spec
     cascade = Cascade(loaded.network, radius, spec.eval.attack, chosen)
     size = batch or spec.eval.batch
     shard = (context.rank, context.world_size)
@@ -210,7 +243,8 @@ def _certify(target, checkpoint, which, samples, span, random, seed, chosen, bat
                 "provenance": loaded.provenance(radius)}
     if context.active:
         settings["processes"] = context.world_size
-    json_path, csv_path = write_results(out or loaded.out_dir, verdicts, summary, settings)
+    json_path, csv_path = write_results(out or loaded.out_dir, verdicts, summary, settings,
+                                        stem=results_stem(radius, spec.perturbation.eps))
     console.print(summary_table(summary, title=f"certification at eps {radius:g}"))
     console.print(f"wrote {escape(str(json_path))} and {escape(str(csv_path))}")
 
@@ -229,27 +263,30 @@ def _progress(total: int, where: Console = console):
     return bar()
 
 
-def _merge(base: Path, results: list[Path], tools: list[str], benchmark: Optional[Path]) -> None:
-    """Check verifier results and merge them into the certify.json in ``base`` (accumulating);
-    exit 2 on a soundness conflict."""
+def _merge(base: Path, results: list[Path], tools: list[str], benchmark: Optional[Path],
+           eps: Optional[float] = None) -> None:
+    """Check verifier results and merge them into the certify.json in ``base`` (accumulating;
+    with ``eps``, into the results of that radius); exit 2 on a soundness conflict."""
     from tapsc.certify.merge import MergedFile, ResultsFile, check_provenance, load_benchmark, merge
-    from tapsc.certify.report import read_document, read_verdicts
+    from tapsc.certify.report import pick_results, read_document, read_verdicts
 
     if tools and len(tools) != len(results):
         raise TapscError(Diagnostic(code="tool-count", message=f"{len(results)} `--merge` but {len(tools)} `--tool`",
                                     help="give one `--tool NAME` per `--merge RESULTS`, in the same order"))
-    document = read_document(base)
-    verdicts = read_verdicts(base / "certify.json")
+    path = pick_results(base, eps)
+    document = read_document(path)
+    verdicts = read_verdicts(path)
     bench = load_benchmark(benchmark or base / "vnncomp")
     check_provenance(document.get("settings", {}), bench)
     sources = [ResultsFile(path, name) for path, name in zip(results, tools or ["verifier"] * len(results))]
     previous = [MergedFile.from_row(row) for row in document.get("merges", [])]
     report = merge(verdicts, bench, sources, previous)
-    if write_merged(base, document, report):
+    if write_merged(base, document, report, stem=path.stem):
         raise typer.Exit(code=2)
 
 
-def write_merged(base: Path, document: dict, report, verifiers: Optional[list[dict]] = None) -> bool:
+def write_merged(base: Path, document: dict, report, verifiers: Optional[list[dict]] = None,
+                 stem: str = "certify") -> bool:
     """Write a merge's verdicts into ``base``'s certify.json/.csv and show them; True on a conflict.
 
     ``verifiers`` (the runs of `tapsc verify`, default: those certify.json records) are kept,
@@ -267,7 +304,7 @@ def write_merged(base: Path, document: dict, report, verifiers: Optional[list[di
              "conflicts": [c.__dict__ for c in report.conflicts]}
     if verifiers:
         extra.update(verifiers=verifiers, complete=complete_summary(summary, verifiers))
-    json_path, _ = write_results(base, report.verdicts, summary, settings, extra=extra)
+    json_path, csv_path = write_results(base, report.verdicts, summary, settings, extra=extra, stem=stem)
     table = Table(title="merged verifier results")
     for column in ("tool", "results", "answers"):
         table.add_column(column)
@@ -276,7 +313,7 @@ def write_merged(base: Path, document: dict, report, verifiers: Optional[list[di
                                                                             file.counts().items())))
     console.print(table)
     console.print(summary_table(summary, title="in-house + verifiers"))
-    console.print(f"wrote {escape(str(json_path))} (and certify.csv)")
+    console.print(f"wrote {escape(str(json_path))} (and {escape(csv_path.name)})")
     if report.problems:
         lines = "\n".join(escape(p.message()) for p in report.problems)
         console.print(Panel(lines, title=f"{len(report.problems)} answer(s) not counted", style="yellow"))
@@ -296,7 +333,7 @@ def export_command(
     onnx: bool = typer.Option(False, "--onnx", help="Write the ONNX network."),
     vnnlib: bool = typer.Option(False, "--vnnlib", help="Write VNN-LIB properties, instances.csv, manifest.json."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights for a spec file."),
-    which: str = typer.Option("best", "--which", help="Checkpoint of a run: best or last."),
+    which: str = common.WHICH,
     out: Optional[Path] = typer.Option(None, "--out", help="Benchmark folder (default RUN_DIR/vnncomp)."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Properties to write (default export.samples)."),
     eps: Optional[float] = typer.Option(None, "--eps", min=0, help="Radius (default export.eps, else perturbation.eps)."),
@@ -308,6 +345,7 @@ def export_command(
     """Export ONNX + VNN-LIB in the VNN-COMP layout (both when neither flag is given)."""
     import torch
 
+    common.check_which(which)
     from tapsc.export.benchmark import write_benchmark
 
     if not onnx and not vnnlib:
@@ -328,6 +366,10 @@ def export_command(
     count = samples or spec.export.samples
     test_set = _test_set(spec, data_root)
     verdicts = _known_verdicts(results or loaded.out_dir, radius, required=only_unknown)
+    if only_unknown and not any(v.verdict == "unknown" for v in verdicts.values()):
+        console.print(f"`tapsc certify` left no sample unknown at eps {radius:g} ({len(verdicts)} certified, "
+                      "falsified or misclassified): nothing to export, no benchmark written")
+        return
     chosen = _export_samples(loaded.network, test_set, count, verdicts, only_unknown)
     folder = out or loaded.out_dir / "vnncomp"
     parity = torch.stack([test_set[i][0] for i in range(min(len(test_set), 100))]).float()
@@ -338,9 +380,10 @@ def export_command(
 
 
 def _known_verdicts(where: Path, eps: float, required: bool) -> dict:
-    from tapsc.certify.report import read_verdicts
+    """The verdicts certified at ``eps`` (a folder's certify.json or certify-eps<E>.json, or that file)."""
+    from tapsc.certify.report import JSON_NAME, find_results, read_verdicts
 
-    path = where / "certify.json" if where.is_dir() else where
+    path = (find_results(where, eps) or where / JSON_NAME) if where.is_dir() else where
     if not path.exists() and not required:
         return {}
     if path.suffix == ".json" and path.exists():

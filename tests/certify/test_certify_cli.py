@@ -64,9 +64,27 @@ def test_export_then_merge_round_trip(run_dir, tmp_path):
         assert conflict.exit_code == 2 and "SOUNDNESS CONFLICT" in conflict.output
 
 
+def test_several_radii_keep_one_result_each(run_dir, tmp_path):
+    out = tmp_path / "radii"
+    result = invoke("certify", run_dir, "--samples", 20, "--eps", "0.02,0.1", "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    spec_eps = json.loads((out / "certify.json").read_text())  # the spec's eps (0.02) keeps certify.json
+    other = json.loads((out / "certify-eps0.1.json").read_text())
+    assert spec_eps["settings"]["eps"] == 0.02 and other["settings"]["eps"] == 0.1
+    assert (out / "certify.csv").is_file() and (out / "certify-eps0.1.csv").is_file()
+    assert spec_eps["summary"]["counts"]["certified"] >= other["summary"]["counts"]["certified"]
+    kept = (out / "certify-eps0.1.json").read_bytes()
+    again = invoke("certify", run_dir, "--samples", 10, "--eps", 0.02, "--device", "cpu", "--out", out)
+    assert again.exit_code == 0, again.output
+    assert (out / "certify-eps0.1.json").read_bytes() == kept  # another radius is left untouched
+    assert json.loads((out / "certify.json").read_text())["summary"]["counts"]["samples"] == 10
+    bad = invoke("certify", run_dir, "--eps", "0.1,x", "--device", "cpu", "--out", out)
+    assert bad.exit_code == 1 and "bad-eps" in bad.output and "Traceback" not in bad.output
+
+
 def test_export_only_unknown(run_dir, tmp_path):
     assert invoke("certify", run_dir, "--samples", 40, "--eps", 0.05, "--device", "cpu").exit_code == 0
-    verdicts = json.loads((run_dir / "certify.json").read_text())["samples"]
+    verdicts = json.loads((run_dir / "certify-eps0.05.json").read_text())["samples"]
     unknown = [s["index"] for s in verdicts if s["verdict"] == "unknown"]
     result = invoke("export", run_dir, "--vnnlib", "--onnx", "--only-unknown", "--eps", 0.05, "--out", tmp_path)
     assert result.exit_code == 0, result.output
@@ -74,6 +92,18 @@ def test_export_only_unknown(run_dir, tmp_path):
     assert [m["index"] for m in manifest["instances"]] == unknown
     mismatch = invoke("export", run_dir, "--only-unknown", "--eps", 0.1, "--out", tmp_path)
     assert mismatch.exit_code == 1 and "eps-mismatch" in mismatch.output
+
+
+def test_export_only_unknown_with_nothing_unknown_writes_nothing(run_dir, tmp_path):
+    out = tmp_path / "results"
+    assert invoke("certify", run_dir, "--samples", 20, "--eps", 0, "--device", "cpu", "--out", out).exit_code == 0
+    verdicts = json.loads((out / "certify-eps0.json").read_text())["samples"]
+    assert not any(s["verdict"] == "unknown" for s in verdicts)  # eps 0: every correct sample is certified
+    bench = tmp_path / "bench"
+    result = invoke("export", run_dir, "--only-unknown", "--eps", 0, "--certify-results", out, "--out", bench)
+    assert result.exit_code == 0, result.output
+    assert "no sample unknown at eps 0" in result.output and "nothing to export" in result.output
+    assert not bench.exists()
 
 
 def test_spec_with_checkpoint_and_user_errors(run_dir, tmp_path):

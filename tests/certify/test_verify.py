@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import invoke
-from tiny_run import MERGE_EPS, MLP_SPEC, make_run
+from tiny_run import MERGE_EPS, MLP_SPEC, at_merge_eps, make_run
 
 from tapsc import ir, rundir, sweep
 from tapsc.certify.attack import pgd_counterexamples
@@ -227,7 +227,7 @@ def test_marabou_agrees_with_every_decided_in_house_verdict(tmp_path):
     the checked merge (witnesses replayed with onnxruntime), reproduce every in-house verdict."""
     pytest.importorskip("maraboupy")
 
-    run = make_run(tmp_path / "mlp", MLP_SPEC)
+    run = make_run(tmp_path / "mlp", at_merge_eps(MLP_SPEC))
     assert invoke("certify", run, "--range", "0:12", "--eps", EPS, "--device", "cpu").exit_code == 0
     inhouse = verdicts(run)
     decided = [i for i, (v, _) in inhouse.items() if v in ("certified", "falsified")]
@@ -253,7 +253,7 @@ def test_neuralsat_proves_and_falsifies_like_the_cascade(tmp_path):
 
     if _neuralsat_main(default_neuralsat_env()) is None:
         pytest.skip("NeuralSAT is not set up (tapsc verify --setup neuralsat)")
-    run = make_run(tmp_path / "mlp", MLP_SPEC)
+    run = make_run(tmp_path / "mlp", at_merge_eps(MLP_SPEC))
     assert invoke("certify", run, "--range", "0:12", "--eps", EPS, "--device", "cpu").exit_code == 0
     inhouse = verdicts(run)
     picked = [min(i for i, (v, _) in inhouse.items() if v == kind) for kind in ("certified", "falsified")]

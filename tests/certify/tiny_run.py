@@ -50,3 +50,9 @@ def make_run(folder: Path, text: str = SPEC) -> Path:
     rundir.create(folder, spec, text)
     rundir.save_checkpoint(rundir.checkpoint_path(folder, "best"), {"model": network.state_dict()})
     return folder
+
+
+def at_merge_eps(text: str) -> str:
+    """A tiny spec whose perturbation.eps is `MERGE_EPS` (certify.json holds the spec's eps)."""
+    assert "eps 0.02 }" in text
+    return text.replace("eps 0.02 }", f"eps {MERGE_EPS} }}")

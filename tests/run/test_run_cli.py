@@ -66,6 +66,22 @@ def test_load_run_gives_the_best_weights(finished_run):
         assert torch.equal(value, best[name])
 
 
+def test_eval_and_certify_choose_the_checkpoint_with_the_same_which(finished_run):
+    run = finished_run[0] / "run"
+    for flag in ("--which", "--checkpoint"):  # --checkpoint: eval's old spelling, still accepted
+        result = invoke("eval", run, "--samples", 8, "--device", "cpu", flag, "last")
+        assert result.exit_code == 0, result.output
+        assert "last checkpoint" in result.output and (run / "eval-last.json").is_file()
+    certified = invoke("certify", run, "--samples", 4, "--device", "cpu", "--which", "last", "--methods", "ibp")
+    assert certified.exit_code == 0, certified.output
+    assert "last checkpoint" in json.loads((run / "certify.json").read_text())["settings"]["source"]
+    for command in ("eval", "certify"):
+        wrong = invoke(command, run, "--device", "cpu", "--which", "newest")
+        assert wrong.exit_code == 1 and "bad-option" in wrong.output and "--which best" in wrong.output
+        assert "Traceback" not in wrong.output
+    assert "--which" in invoke("eval", "--help").output
+
+
 def test_eval_command_matches_the_run(finished_run):
     folder, _, _ = finished_run
     result = invoke("eval", folder / "run", "--samples", 32, "--device", "cpu")
