@@ -30,9 +30,15 @@ def terms_text(terms: dict[str, float], limit: int = 4) -> str:
     return " ".join(f"{name}={value:.3g}" for name, value in list(terms.items())[:limit])
 
 
+def epoch_label(epoch: int, epochs: int) -> str:
+    """``epoch/last``, numbered from 0 as specs (`until epoch N`), metrics.jsonl and messages
+    number epochs: "3/9" is epoch 3 of a 10-epoch run."""
+    return f"{epoch}/{epochs - 1}"
+
+
 def epoch_cells(event: EpochEnded, select: str) -> list[str]:
     row = event.metrics
-    return [f"{event.epoch + 1}/{event.epochs}", row["phase"], f"{row['eps']:.4g}", f"{row['lr']:.3g}",
+    return [epoch_label(event.epoch, event.epochs), row["phase"], f"{row['eps']:.4g}", f"{row['lr']:.3g}",
             f"{row['train_loss']:.4f}", percent(row.get("train_natural")), percent(row.get("natural")),
             percent(row.get("ibp")), percent(row.get(select)) + ("*" if event.best else " "),
             f"{event.seconds:.1f}s"]  # "*": this epoch became the best checkpoint
@@ -79,13 +85,13 @@ class RichDisplay:
             handler(event)
 
     def on_RunStarted(self, e: RunStarted) -> None:
-        where = "resuming at epoch %d" % (e.start_epoch + 1) if e.start_epoch else "starting"
+        where = "resuming at epoch %d" % e.start_epoch if e.start_epoch else "starting"
         self.console.print(f"[bold]tapsc run[/] {escape(str(e.run_dir))}: {where}, {e.epochs} epochs on "
                            f"{escape(e.device)} ({e.precision}); {e.train_size} training "
                            f"samples, selection on {e.selection_size} {e.selection_split} samples")
 
     def on_EpochStarted(self, e: EpochStarted) -> None:
-        self._start_progress(f"epoch {e.epoch + 1}/{e.epochs} {e.phase}", e.batches)
+        self._start_progress(f"epoch {epoch_label(e.epoch, e.epochs)} {e.phase}", e.batches)
 
     def on_BatchEnded(self, e: BatchEnded) -> None:
         if self.progress is None:
@@ -143,7 +149,7 @@ class PlainDisplay:
                       f"{event.train_size} training samples, selection on {event.selection_size} "
                       f"{event.selection_split} samples")
         elif isinstance(event, BatchEnded) and self._report_batch(event):
-            self.line(f"  epoch {event.epoch + 1} batch {event.batch + 1}/{event.batches} {event.phase} "
+            self.line(f"  epoch {event.epoch} batch {event.batch + 1}/{event.batches} {event.phase} "
                       f"eps={event.eps:.4f} loss={event.loss:.4f} {terms_text(event.terms)} "
                       f"nat={percent(event.natural_acc)} {event.rate:.1f} batch/s")
         elif isinstance(event, EpochEnded):
