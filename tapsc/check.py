@@ -310,12 +310,17 @@ def check_milestones(spec: ir.Spec) -> list[Diagnostic]:
 
 @check
 def check_lr_schedule(spec: ir.Spec) -> list[Diagnostic]:
-    """Warm-up ends before training does; milestones belong to the step schedule only."""
+    """Warm-up ends before training does; milestones belong to the step schedule only; momentum
+    to sgd only."""
     opt = spec.optimizer
     if opt.warmup >= opt.epochs:
         return [Diagnostic(code="warmup-too-long", message=f"`warmup {opt.warmup} epochs` is not shorter than "
                            f"training ({opt.epochs} epochs)", span=opt.span_of("warmup"),
                            help=f"warm up for fewer than {opt.epochs} epochs")]
+    if opt.kind != "sgd" and "momentum" in opt._field_spans:
+        return [Diagnostic(code="momentum-not-sgd", message=f"`momentum` does nothing with `{opt.kind}` "
+                           "(only `sgd` uses it; Adam's moment decay rates are fixed)",
+                           span=opt.span_of("momentum"), help="drop `momentum`, or use `optimizer sgd`")]
     if opt.schedule == "cosine" and opt.milestones:
         return [Diagnostic(code="milestones-with-cosine", message="`decay ... at (...)` milestones do nothing "
                            "with `schedule cosine`", span=opt.span_of("milestones"),

@@ -320,13 +320,13 @@ def optimizer_section(statement: Statement, problems: list[Diagnostic]) -> Table
 
 
 def _warmup(target: Table, statement: Statement) -> None:
-    """`warmup 5 epochs` (or `warmup 5`): linear warm-up over the first 5 epochs."""
+    """`warmup 5 epochs` (or `warmup 1 epoch`, `warmup 5`): linear warm-up over the first 5 epochs."""
     no_body(statement)
     values = expect_positional(statement, bind(statement, ()), ["epochs", "unit"])
     unit = str(plain(values["unit"])) if "unit" in values else "epochs"
-    if unit != "epochs":
+    if unit not in ("epochs", "epoch"):
         raise Problem("bad-warmup", f"`warmup` counts epochs, found `{unit}`", values["unit"].span,
-                      help=did_you_mean(unit, ["epochs"]) or "write `warmup 5 epochs`")
+                      help=did_you_mean(unit, ["epochs", "epoch"]) or "write `warmup 5 epochs`")
     if "epochs" not in values:
         raise Problem("missing-value", "`warmup` needs a number of epochs", statement.name_span,
                       help="for example `warmup 5 epochs`")

@@ -88,6 +88,7 @@ class _Live:
     def __init__(self):
         self.lock = threading.Lock()
         self.processes: set[subprocess.Popen] = set()
+        self.stopping = False  # set by kill_all: what the kill ends is no verifier's answer
 
     def add(self, process: subprocess.Popen) -> None:
         with self.lock:
@@ -99,6 +100,7 @@ class _Live:
 
     def kill_all(self) -> None:
         with self.lock:
+            self.stopping = True
             processes = list(self.processes)
         for process in processes:
             kill_group(process)
@@ -173,13 +175,33 @@ def run_instance(commands: Commands, job: Job, folder: Path, timeout: float, gra
                 word = "run_instance_timeout"
             elif code != 0:
                 word = f"error_exit_code_{code}"
+                if code < 0:
+                    log.write(f"\ntapsc: the verifier was ended by signal {-code} "
+                              f"({signal.Signals(-code).name}) before its timeout; SIGKILL from "
+                              "outside tapsc is often the kernel's out-of-memory killer\n")
             elif not first:
                 word = "no_result_in_file"
             else:
                 word, text = normal_word(first), body if body.endswith("\n") else body + "\n"
-    atomic_write_text(final, text if text is not None else word + "\n")
     scratch.unlink(missing_ok=True)
+    if live.stopping:  # interrupted: leave no result, so a later run runs it again
+        return Outcome(job.name, "interrupted", time.perf_counter() - started)
+    atomic_write_text(final, text if text is not None else word + "\n")
     return Outcome(job.name, word, time.perf_counter() - started)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread while instances run, so the
+    verifiers' process groups (their own sessions) are killed, not orphaned. Returns the
+    previous handler (None off the main thread, where signals cannot be set)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        return None
 
 
 def run_instances(commands: Commands, jobs: Sequence[Job], folder: Path, timeout: float, grace: float,
@@ -201,6 +223,7 @@ def run_instances(commands: Commands, jobs: Sequence[Job], folder: Path, timeout
             todo.append(job)
     live = _Live()
     pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    previous = _terminate_as_interrupt()
     try:
         futures = [pool.submit(run_instance, commands, job, folder, timeout, grace, env, live) for job in todo]
         for future in as_completed(futures):
@@ -210,6 +233,9 @@ def run_instances(commands: Commands, jobs: Sequence[Job], folder: Path, timeout
         pool.shutdown(wait=False, cancel_futures=True)
         live.kill_all()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
     order = {job.name: k for k, job in enumerate(jobs)}
     return sorted(outcomes, key=lambda o: order[o.name])

@@ -140,7 +140,8 @@ def test_rescaling_epochs_moves_the_warmup():
 @pytest.mark.parametrize("optimizer,code,suggestion", [
     ("adamx { epochs 4 }", "unknown-optimizer", "adam"),
     ("adam { schedule cosin; epochs 4 }", "unknown-schedule", "cosine"),
-    ("adam { warmup 3 epoch; epochs 4 }", "bad-warmup", "epochs"),
+    ("adam { warmup 3 epohcs; epochs 4 }", "bad-warmup", "epochs"),
+    ("adamw { momentum 0.9; epochs 4 }", "momentum-not-sgd", None),
     ("adam { warmpu 3; epochs 4 }", "unknown-setting", "warmup"),
     ("adam { warmup 5 epochs; epochs 4 }", "warmup-too-long", None),
     ("adam { schedule cosine; decay 0.2 at (2); epochs 4 }", "milestones-with-cosine", None),
@@ -150,6 +151,11 @@ def test_optimizer_mistakes_are_clean_diagnostics(optimizer, code, suggestion):
     assert d.code == code and d.span is not None and d.span.line == 6
     if suggestion:
         assert f"did you mean `{suggestion}`" in d.help
+
+
+def test_warmup_takes_epoch_or_epochs_and_sgd_takes_momentum():
+    assert spec_of("flatten; linear(10)", optimizer="adam { warmup 1 epoch; epochs 4 }").optimizer.warmup == 1
+    assert spec_of("flatten; linear(10)", optimizer="sgd { momentum 0.5; epochs 4 }").optimizer.momentum == 0.5
 
 
 def test_learning_rate_follows_the_formula_each_epoch():
