@@ -230,10 +230,16 @@ def _conv_interval(layer: nn.Conv2d, lo, hi):
         r, layer.weight.abs(), None, layer.stride, layer.padding, layer.dilation, layer.groups))
 
 
-def _batchnorm_interval(layer: nn.modules.batchnorm._BatchNorm, lo, hi):
+def _batchnorm_affine(layer: nn.modules.batchnorm._BatchNorm, ndim: int):
+    """Eval-mode BatchNorm as y = scale * x + shift, both shaped to broadcast over ``ndim``-d inputs."""
     scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
-    shape = (1, -1) + (1,) * (lo.dim() - 2)
-    return _affine_interval(layer, lo, hi, lambda r: r * scale.abs().reshape(shape))
+    shape = (1, -1) + (1,) * (ndim - 2)
+    return scale.reshape(shape), (layer.bias - layer.running_mean * scale).reshape(shape)
+
+
+def _batchnorm_interval(layer: nn.modules.batchnorm._BatchNorm, lo, hi):
+    scale, _ = _batchnorm_affine(layer, lo.dim())
+    return _affine_interval(layer, lo, hi, lambda r: r * scale.abs())
 
 
 def _monotone_interval(layer, lo, hi):
@@ -253,10 +259,8 @@ def _conv_magnitude(layer: nn.Conv2d, m):
 
 
 def _batchnorm_magnitude(layer: nn.modules.batchnorm._BatchNorm, m):
-    scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
-    shift = layer.bias - layer.running_mean * scale
-    shape = (1, -1) + (1,) * (m.dim() - 2)
-    return m * scale.abs().reshape(shape) + shift.abs().reshape(shape)
+    scale, shift = _batchnorm_affine(layer, m.dim())
+    return m * scale.abs() + shift.abs()
 
 
 def _positive_magnitude(layer, m):
