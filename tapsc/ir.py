@@ -377,29 +377,30 @@ class STAPSPhase(_Phase):
 # per-setting values).
 
 
-class MTLIBPPhase(_Phase):
-    """MTL-IBP: L = alpha L_IBP + (1 - alpha) L_adv (De Palma et al. 2024, Sec. 4, "MTL-IBP")."""
+class _ExpressivePhase(_Phase):
+    """The settings the three expressive losses share: the mix ``alpha`` and the input attack."""
 
-    kind: Literal["mtl_ibp"] = "mtl_ibp"
     alpha: UnitFloat = 0.5
     attack: InputAttack = InputAttack()
 
 
-class CCIBPPhase(_Phase):
+class MTLIBPPhase(_ExpressivePhase):
+    """MTL-IBP: L = alpha L_IBP + (1 - alpha) L_adv (De Palma et al. 2024, Sec. 4, "MTL-IBP")."""
+
+    kind: Literal["mtl_ibp"] = "mtl_ibp"
+
+
+class CCIBPPhase(_ExpressivePhase):
     """CC-IBP: CE of z = (1 - alpha) z_adv + alpha z_IBP, z the upper bounds of o_i - o_y
     (De Palma et al. 2024, Sec. 4, "CC-IBP")."""
 
     kind: Literal["cc_ibp"] = "cc_ibp"
-    alpha: UnitFloat = 0.5
-    attack: InputAttack = InputAttack()
 
 
-class ExpIBPPhase(_Phase):
+class ExpIBPPhase(_ExpressivePhase):
     """Exp-IBP: L = L_adv^(1 - alpha) L_IBP^alpha (De Palma et al. 2024, Sec. 4, "Exp-IBP")."""
 
     kind: Literal["exp_ibp"] = "exp_ibp"
-    alpha: UnitFloat = 0.5
-    attack: InputAttack = InputAttack()
 
 
 class CROWNIBPPhase(_Phase):
