@@ -21,15 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import tiny_run
 from cli_helpers import invoke
-from tiny_run import MERGE_EPS
+from tiny_run import MERGE_EPS, attack_witness, witness
 
-from tapsc import ir, rundir
-from tapsc.certify.attack import pgd_counterexamples
 from tapsc.certify.merge import ResultsFile, load_benchmark, merge
 from tapsc.certify.report import read_verdicts
-from tapsc.data import load_dataset
 from tapsc.export.vnnlib import read_property
 
 pytest.importorskip("onnxruntime")
@@ -61,14 +58,7 @@ esac
 
 
 def make_tool(folder: Path, plan: dict[int, str]) -> Path:
-    """A fake tool folder; ``plan`` maps a sample index to what it answers for prop_<index>."""
-    (folder / "plan").mkdir(parents=True)
-    for name, text in (("prepare_instance.sh", PREPARE), ("run_instance.sh", RUN)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
-    for index, text in plan.items():
-        (folder / "plan" / f"prop_{index}").write_text(text)
-    return folder
+    return tiny_run.make_tool(folder, plan, PREPARE, RUN)
 
 
 def run_tool(tool: Path, benchmark: Path, out: Path, only: set[int], timeout: float = 1.0,
@@ -142,25 +132,6 @@ def exported(run: Path, verdict: str) -> list[int]:
 
 def verdicts(run: Path) -> dict[int, tuple[str, str | None]]:
     return {v.index: (v.verdict, v.source) for v in read_verdicts(run / "certify.json")}
-
-
-def witness(values, outputs=()) -> str:
-    xs = " ".join(f"(X_{i} {float(v)!r})" for i, v in enumerate(values))
-    ys = " ".join(f"(Y_{j} {float(v)!r})" for j, v in enumerate(outputs))
-    return f"sat\n({xs} {ys})\n"
-
-
-def attack_witness(run: Path, index: int) -> str:
-    """tapsc's own counterexample for sample ``index``: a strong PGD point of the box."""
-    spec, network = rundir.load_run(run, "best")
-    x, label = load_dataset(spec.data, train=False, shape=(1, 8, 8))[index]
-    torch.manual_seed(0)
-    found, point, _ = pgd_counterexamples(network, torch.as_tensor(x)[None].float(), torch.tensor([label]), EPS,
-                                          ir.InputAttack(steps=50, restarts=3, loss="margin"))
-    assert bool(found[0])
-    with torch.no_grad():
-        outputs = network(point)[0]
-    return witness(point[0].reshape(-1).tolist(), outputs.tolist())
 
 
 def box(run: Path, index: int):

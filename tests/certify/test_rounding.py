@@ -209,8 +209,9 @@ def test_backward_rules_hold_in_exact_arithmetic(kind):
     """A . layer(x) >= A_in . x + bias - error with every quantity read as the exact rational
     value of its float: at every vertex of the box (and 0 where it lies inside, the ReLU's
     kink), over many random rows whose products round. Catches a missing rounding term."""
-    from tapsc.certify import rules
     from torch import nn
+
+    from tapsc.certify import rules
 
     generator = torch.Generator().manual_seed(7)
     worst = None
@@ -224,7 +225,7 @@ def test_backward_rules_hold_in_exact_arithmetic(kind):
             rule = rules.affine_backward
         else:
             layer = nn.ReLU()
-            exact = lambda x: [max(v, Fraction(0)) for v in x]  # noqa: E731
+            exact = lambda x: [max(v, Fraction(0)) for v in x]
             rule = rules.relu_backward
         centre = _full_mantissa((1, 3), generator)
         radius = torch.rand((1, 3), generator=generator, dtype=torch.float64) + 0.01

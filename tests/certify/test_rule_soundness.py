@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rule_checks import (TAPSC_CASES, TORCH_CASES, build_case, check_backward_rule, check_interval,
-                         check_margin_bounds, random_box)
+from rule_checks import (
+    TAPSC_CASES,
+    TORCH_CASES,
+    build_case,
+    check_backward_rule,
+    check_interval,
+    check_margin_bounds,
+    random_box,
+)
 from torch import nn
 
 from tapsc.certify import rules

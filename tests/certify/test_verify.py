@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_run
 import torch
 from cli_helpers import invoke
-from tiny_run import MERGE_EPS, MLP_SPEC, at_merge_eps, make_run
+from tiny_run import MERGE_EPS, MLP_SPEC, at_merge_eps, attack_witness, make_run
 
-from tapsc import ir, rundir, sweep
-from tapsc.certify.attack import pgd_counterexamples
+from tapsc import rundir, sweep
 from tapsc.certify.report import read_verdicts
 from tapsc.data import load_dataset
 
@@ -49,13 +49,7 @@ esac
 
 
 def make_tool(folder: Path, plan: dict[int, str]) -> Path:
-    (folder / "plan").mkdir(parents=True)
-    for name, text in (("prepare_instance.sh", PREPARE), ("run_instance.sh", RUN)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
-    for index, text in plan.items():
-        (folder / "plan" / f"prop_{index}").write_text(text)
-    return folder
+    return tiny_run.make_tool(folder, plan, PREPARE, RUN)
 
 
 def calls(tool: Path) -> list[str]:
@@ -86,18 +80,6 @@ def forget(run: Path, index: int) -> None:
     path.write_text(json.dumps(document))
 
 
-def counterexample(run: Path, index: int) -> str:
-    """A real counterexample of sample ``index`` (strong PGD) as a VNN-COMP witness."""
-    spec, network = rundir.load_run(run, "best")
-    x, label = load_dataset(spec.data, train=False, shape=(1, 8, 8))[index]
-    torch.manual_seed(0)
-    found, point, _ = pgd_counterexamples(network, torch.as_tensor(x)[None].float(), torch.tensor([label]), EPS,
-                                          ir.InputAttack(steps=50, restarts=3, loss="margin"))
-    assert bool(found[0])
-    xs = " ".join(f"(X_{i} {float(v)!r})" for i, v in enumerate(point[0].reshape(-1).tolist()))
-    return f"sat\n({xs} (Y_0 0.0))\n"
-
-
 def verify(run: Path, tool: Path, jobs: str, *flags):
     return invoke("verify", run, "--verifier", f"vnncomp:{tool}", "--jobs", jobs, *flags)
 
@@ -108,7 +90,7 @@ def test_honest_answers_decide_unknown_samples_and_rerun_skips_decided(run, tmp_
     unknown = sorted(with_verdict(run, "unknown"))
     assert len(unknown) >= 6 and falsified in unknown
     proved = [i for i in unknown if i != falsified][:3]
-    tool = make_tool(tmp_path / "honest", {falsified: counterexample(run, falsified),
+    tool = make_tool(tmp_path / "honest", {falsified: attack_witness(run, falsified),
                                            **dict.fromkeys(proved, "unsat\n")})
     before = json.loads((run / "certify.json").read_text())["summary"]["counts"]["certified"]
     result = verify(run, tool, "2", "--timeout", "5")

@@ -56,3 +56,39 @@ def at_merge_eps(text: str) -> str:
     """A tiny spec whose perturbation.eps is `MERGE_EPS` (certify.json holds the spec's eps)."""
     assert "eps 0.02 }" in text
     return text.replace("eps 0.02 }", f"eps {MERGE_EPS} }}")
+
+
+def make_tool(folder: Path, plan: dict[int, str], prepare: str, run: str) -> Path:
+    """A fake VNN-COMP tool folder: the scripts ``prepare`` and ``run`` (their text), and
+    ``plan/prop_<index>`` holding what the tool answers for that sample's property."""
+    (folder / "plan").mkdir(parents=True)
+    for name, text in (("prepare_instance.sh", prepare), ("run_instance.sh", run)):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    for index, text in plan.items():
+        (folder / "plan" / f"prop_{index}").write_text(text)
+    return folder
+
+
+def witness(values, outputs=()) -> str:
+    """A VNN-COMP ``sat`` answer with the witness X (and, optionally, Y) values."""
+    xs = " ".join(f"(X_{i} {float(v)!r})" for i, v in enumerate(values))
+    ys = " ".join(f"(Y_{j} {float(v)!r})" for j, v in enumerate(outputs))
+    return f"sat\n({xs} {ys})\n"
+
+
+def attack_witness(run: Path, index: int, eps: float = MERGE_EPS) -> str:
+    """tapsc's own counterexample for sample ``index``: a strong PGD point of the box, as a
+    VNN-COMP ``sat`` answer."""
+    from tapsc import ir
+    from tapsc.certify.attack import pgd_counterexamples
+
+    spec, network = rundir.load_run(run, "best")
+    x, label = load_dataset(spec.data, train=False, shape=(1, 8, 8))[index]
+    torch.manual_seed(0)
+    found, point, _ = pgd_counterexamples(network, torch.as_tensor(x)[None].float(), torch.tensor([label]), eps,
+                                          ir.InputAttack(steps=50, restarts=3, loss="margin"))
+    assert bool(found[0])
+    with torch.no_grad():
+        outputs = network(point)[0]
+    return witness(point[0].reshape(-1).tolist(), outputs.tolist())
