@@ -67,7 +67,8 @@ class LinearBounds:
         chunk_elements: cap on the elements of one coefficient tensor while CROWN
             bounds intermediate neurons (memory for conv layers).
         dtype: what the bounds are computed in (float64; float32 is sound too, with
-            error bounds 2^29 times larger).
+            error bounds 2^29 times larger, and refused with ValueError for a layer whose
+            input plus output exceed about 160,000 elements, see `rounding.error_factor`).
     """
 
     def __init__(self, layers: Sequence[nn.Module], chunk_elements: int = 1 << 25,
