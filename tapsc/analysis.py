@@ -344,8 +344,9 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
 
     from tapsc import rundir
     from tapsc.data import load_dataset
+    from tapsc.data.loading import first
     from tapsc.errors import Diagnostic, TapscError
-    from tapsc.run import first, resolve_device
+    from tapsc.runtime import resolve_device
 
     unknown = [m for m in methods if m not in ESTIMATES]
     if unknown or not methods:

@@ -161,16 +161,17 @@ def check_layer_names(spec: ir.Spec) -> list[Diagnostic]:
 
 @check
 def check_normalize(spec: ir.Spec) -> list[Diagnostic]:
-    """mean and std give one value per input channel."""
+    """mean and std give one value for every channel, or one value per input channel (what
+    the Normalize layer and the ONNX export accept)."""
     norm = spec.data.normalize
     if norm is None:
         return []
     channels = spec.model.input_shape[0] if len(spec.model.input_shape) == 3 else 1
-    if len(norm.mean) == len(norm.std) == channels:
+    if len(norm.mean) == len(norm.std) and len(norm.mean) in (1, channels):
         return []
     return [Diagnostic(code="normalize-channels", message=f"normalize gives {len(norm.mean)} means and "
                        f"{len(norm.std)} stds for {channels} channel(s)", span=norm.span,
-                       help="give one mean and one std per channel")]
+                       help=f"give one mean and one std, or {channels} of each (one per channel)")]
 
 
 @check

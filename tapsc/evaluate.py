@@ -72,21 +72,6 @@ METRICS: dict[str, MetricFn] = {
 NEEDS_GRAD = ("pgd", "taps")  # attacks differentiate through the network
 
 
-def certification_available() -> bool:
-    """True once ``tapsc.certify`` offers per-sample certification."""
-    try:
-        from tapsc import certify
-    except ImportError:
-        return False
-    return hasattr(certify, "certified")
-
-
-def available(metrics: Sequence[str]) -> tuple[str, ...]:
-    """``metrics`` less the CROWN ones when certification is not installed."""
-    crown_ok = certification_available()
-    return tuple(m for m in metrics if crown_ok or m not in ("crown", "crown_ibp"))
-
-
 @full_float32()
 def evaluate(network: torch.nn.Module, dataset: Dataset, spec: ir.Spec, metrics: Sequence[str], *,
              device: torch.device | str = "cpu", batch: int | None = None, emit: Emit = ignore,
@@ -111,7 +96,7 @@ def evaluate(network: torch.nn.Module, dataset: Dataset, spec: ir.Spec, metrics:
     if unknown:
         raise TapscError(Diagnostic(code="unknown-metric", message=f"unknown metric(s) {unknown}",
                                     help=f"choose from {', '.join(METRICS)}"))
-    chosen = available(metrics)
+    chosen = tuple(metrics)
     network = network.to(device).float().eval()
     loader = DataLoader(dataset, batch_size=batch or spec.eval.batch, shuffle=False)
     emit(EvalStarted(split, len(dataset), chosen))
@@ -152,7 +137,8 @@ def evaluate_run(run_dir, which: str = "best", *, samples: int | None = None, de
 
     from tapsc import rundir
     from tapsc.data import load_dataset
-    from tapsc.run import first, resolve_device
+    from tapsc.data.loading import first
+    from tapsc.runtime import resolve_device
 
     target = resolve_device(device)
     spec, network = rundir.load_run(run_dir, which, device=target)

@@ -51,8 +51,7 @@ UnitFloat = Annotated[float, Field(ge=0, le=1)]
 
 # ---------------------------------------------------------------- data
 
-DATASETS = DATASET_NAMES  # from tapsc/data/catalogue.py, the one list of datasets
-DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
+DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]  # tapsc/data/catalogue.py: the one list
 
 
 class Normalize(Node):
@@ -101,7 +100,6 @@ class Data(Node):
     train_augment: tuple[Augmentation, ...] = ()
     test_augment: tuple[Augmentation, ...] = ()  # test and validation: EVALUATION_AUGMENTATIONS only
     batch: PositiveInt = 128
-    test_batch: PositiveInt | None = None  # None: same as batch
     train_subset: PositiveInt | None = None  # first n training samples only
     test_subset: PositiveInt | None = None  # first n test samples only
     validation: NonNegativeInt = 0  # samples held out of train for model selection

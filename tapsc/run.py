@@ -24,21 +24,21 @@ Shape legend: B batch, K classes.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
 from tapsc import distributed, ir, rundir
+from tapsc.data.loading import first
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
 from tapsc.lr_schedule import learning_rate
 from tapsc.outputs import ensure_writable_folder
+from tapsc.runtime import resolve_device, restore_rng_states, rng_states, seed_everything
 
 EPOCH_EVAL_CAP = 1000  # samples evaluated per epoch for model selection (keeps epochs cheap)
 EPOCH_METRICS = ("natural", "ibp")  # measured every epoch, with the selection metric
@@ -78,34 +78,6 @@ class TrainingDiverged(TapscError):
 # ---------------------------------------------------------------- setup helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; in a worker of a
-    distributed run, ``cuda:LOCAL_RANK`` or the CPU (``tapsc.distributed.worker_device``).
-
-    Raises:
-        TapscError: an unknown device, or CUDA asked for but absent.
-    """
-    context = distributed.current()
-    if context.active:
-        return distributed.worker_device(name, context)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise TapscError(Diagnostic(code="unknown-device", message=f"unknown device `{name}`",
-                                    help="use `auto`, `cpu`, `cuda` or `cuda:N`"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TapscError(Diagnostic(code="no-cuda", message=f"device `{name}` asked for, but torch sees no CUDA device",
-                                    help="use `--device cpu`, or install a CUDA build of torch"))
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise TapscError(Diagnostic(code="unknown-device", message=f"there is no {name}: "
-                                    f"{torch.cuda.device_count()} CUDA device(s)"))
-    return device
-
-
 def apply_options(spec: ir.Spec, options: RunOptions) -> ir.Spec:
     """The spec with ``--seed`` and ``--data-root`` applied (what ir.json records)."""
     if options.seed is not None:
@@ -113,30 +85,6 @@ def apply_options(spec: ir.Spec, options: RunOptions) -> ir.Spec:
     if options.data_root is not None:
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": options.data_root})})
     return spec
-
-
-def seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
-    """Seed torch, numpy and random from (seed, epoch, rank); epoch -1 is initialisation.
-    Rank 0 gets the stream of a single process; other ranks draw their own attack starts."""
-    value = (seed * 1_000_003 + epoch + 1 + rank * 7_919_000_003) % (2**32)
-    torch.manual_seed(value)
-    np.random.seed(value)
-    random.seed(value)
-
-
-def rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def phase_at(spec: ir.Spec, epoch: int) -> ir.Node:
@@ -179,13 +127,6 @@ def check_batch(spec: ir.Spec, world_size: int) -> None:
                  f"`--set data.batch={max(world_size, batch // world_size * world_size)}`"))
 
 
-def first(dataset: Dataset, count: int | None) -> Dataset:
-    """The first ``count`` samples of ``dataset`` (all of them for None)."""
-    if count is None or count >= len(dataset):
-        return dataset
-    return Subset(dataset, range(count))
-
-
 # ---------------------------------------------------------------- the trainer
 
 
@@ -197,7 +138,6 @@ class Trainer:
         self.context = distributed.current()
         self.device = resolve_device(options.device)
         self.seed = spec.optimizer.seed
-        self._check_metrics()
         self._check_batch()
         self._load_data()
         seed_everything(self.seed, -1)  # the same on every rank: identical initial weights
@@ -217,17 +157,6 @@ class Trainer:
         if self.options.amp:
             return "bf16 autocast"
         return "TF32 matmuls" if use_tf32(self.options, self.device) else "float32"
-
-    def _check_metrics(self) -> None:
-        from tapsc.evaluate import available
-
-        wanted = (*self.spec.eval.metrics, self.spec.eval.select)
-        missing = sorted(set(wanted) - set(available(wanted)))
-        if self.spec.eval.select in missing:
-            raise TapscError(Diagnostic(code="no-certifier", span=self.spec.eval.span,
-                                        message=f"`select {self.spec.eval.select}` needs tapsc.certify, "
-                                                "which offers no certification in this installation",
-                                        help="select on `taps` (the default) or `ibp`"))
 
     def _check_batch(self) -> None:
         check_batch(self.spec, self.context.world_size)

@@ -320,7 +320,7 @@ def run_parallel(sweep: Sweep, options, on_point: OnPoint, parallel: int) -> lis
     end of its log, and the sweep goes on. Ctrl-C or SIGTERM stops the running points; they
     resume on the next run.
     """
-    from tapsc.run import resolve_device
+    from tapsc.runtime import resolve_device
 
     on_cpu = resolve_device(options.device).type == "cpu"  # a bad device: one message, nothing started
     total, failures = len(sweep.points), {}

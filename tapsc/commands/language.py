@@ -165,10 +165,7 @@ def _split_text(spec) -> str:
 
 
 def _show_graph(spec) -> None:
-    try:
-        from tapsc.compile import compile_network
-    except ImportError as error:
-        raise TapscError(Diagnostic(code="no-compiler", message="the graph stage needs tapsc.compile",
-                                    help=str(error))) from None
+    from tapsc.compile import compile_network
+
     network = compile_network(spec)
     console.print(escape(str(network)))

@@ -204,7 +204,7 @@ def _certify(target, checkpoint, which, samples, span, random, seed, chosen, bat
     """The cascade over the chosen samples at each radius; with several processes each runs every
     world_size-th batch and rank 0 merges the verdicts and writes the report."""
     from tapsc.certify.cascade import select_indices
-    from tapsc.run import resolve_device
+    from tapsc.runtime import resolve_device
 
     where = resolve_device(device)
     loaded = _load_target(target, checkpoint, which, where)

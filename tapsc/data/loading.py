@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from tapsc import ir
 from tapsc.data import cifar, digits, mnist, tinyimagenet  # noqa: F401  (registers loaders)
@@ -111,3 +111,10 @@ def load_validation(data: ir.Data, shape: tuple[int, ...] | None = None) -> Data
     base = _raw(data, True)
     _, indices = _split(data, len(base))
     return Prepared(base, indices, transform, shape)
+
+
+def first(dataset: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` samples of ``dataset`` (all of them for None)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    return Subset(dataset, range(count))

@@ -209,3 +209,23 @@ def test_linear_in_features_mismatch_is_reported():
         compile_network(make_spec(layers))
     assert "in_features=36" in caught.value.diagnostics[0].help
     compile_network(make_spec([ir.Flatten(), ir.Linear(out_features=3, in_features=36)]))
+
+
+def test_one_normalize_value_for_every_channel_passes_check_and_compiles_like_three():
+    """`tapsc check` accepts what the Normalize layer and the ONNX export accept: one mean and
+    one std for all channels, or one per channel (issue 16: check demanded one per channel)."""
+    from tapsc.spec import load_spec_text
+
+    body = ("model { input (3, 32, 32); flatten; linear(10) }\nperturbation linf { eps 0.01 }\n"
+            "method { phase ibp }\noptimizer adam { epochs 1 }\n")
+    one = load_spec_text("data cifar10 { normalize mean (0.5,) std (0.25,) }\n" + body)
+    three = load_spec_text("data cifar10 { normalize mean (0.5, 0.5, 0.5) std (0.25, 0.25, 0.25) }\n" + body)
+    torch.manual_seed(0)
+    net_one = compile_network(one)
+    torch.manual_seed(0)
+    net_three = compile_network(three)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(net_one(x), net_three(x))
+    with pytest.raises(TapscError) as error:
+        load_spec_text("data cifar10 { normalize mean (0.5, 0.5) std (0.25, 0.25) }\n" + body)
+    assert error.value.diagnostics[0].code == "normalize-channels"
