@@ -402,13 +402,17 @@ class ExpIBPPhase(_ExpressivePhase):
 
 
 class CROWNIBPPhase(_Phase):
-    """CROWN-IBP (Zhang et al., ICLR 2020, Sec. 3): CE of beta z_CROWN-IBP + (1 - beta) z_IBP.
-    beta is linear in eps: ``beta_start`` at eps = 0, ``beta_end`` at the target eps (the
-    authors' default schedule 1 -> 0, tied to the eps ramp)."""
+    """CROWN-IBP (Zhang et al., ICLR 2020, Sec. 3): kappa CE(clean logits) + (1 - kappa) CE of
+    beta z_CROWN-IBP + (1 - beta) z_IBP. beta and kappa are linear in eps: ``*_start`` at
+    eps = 0, ``*_end`` at the target eps (the authors' default beta 1 -> 0, tied to the eps
+    ramp; kappa, the weight of the natural loss, is 0 unless set: their MNIST configs use
+    1 -> 0.5)."""
 
     kind: Literal["crown_ibp"] = "crown_ibp"
     beta_start: UnitFloat = 1.0
     beta_end: UnitFloat = 0.0
+    kappa_start: UnitFloat = 0.0
+    kappa_end: UnitFloat = 0.0
 
 
 Phase = Annotated[

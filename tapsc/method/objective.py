@@ -14,7 +14,8 @@ accuracy), then adds its robust loss:
 - staps: as taps, on SABR's small box instead of the eps box.
 - mtl_ibp, cc_ibp, exp_ibp: De Palma et al.'s expressive losses (ICLR 2024), mixing the
   PGD point's CE (the pgd phase's attack) and the IBP loss by alpha (see `expressive_loss`).
-- crown_ibp: CE of beta z_CROWN-IBP + (1 - beta) z_IBP, beta linear in eps/eps_target.
+- crown_ibp: kappa CE(clean logits) + (1 - kappa) CE(beta z_CROWN-IBP + (1 - beta) z_IBP),
+  beta and kappa linear in eps/eps_target.
 At eps = 0 every bound phase's box is a point and its loss is the clean CE (no attack or
 interval pass runs).
 An L1 penalty ``l1 * l1_penalty(network)`` is added when ``l1 > 0``.
@@ -166,10 +167,11 @@ register_loss("mtl_ibp")(_expressive(losses.mtl_ibp_loss))
 register_loss("cc_ibp")(_expressive(losses.cc_ibp_loss))
 register_loss("exp_ibp")(_expressive(losses.exp_ibp_loss))
 
-def crown_ibp_beta(phase: ir.CROWNIBPPhase, eps: float, eps_target: float) -> float:
-    """beta_start at eps = 0, linear in eps to beta_end at eps_target (and after)."""
+def along_eps(start: float, end: float, eps: float, eps_target: float) -> float:
+    """``start`` at eps = 0, linear in eps to ``end`` at eps_target (and after): the schedule
+    of crown_ibp's beta and kappa."""
     progress = min(eps / eps_target, 1.0) if eps_target > 0 else 1.0
-    return phase.beta_start + (phase.beta_end - phase.beta_start) * progress
+    return start + (end - start) * progress
 
 
 @register_loss("crown_ibp")
@@ -180,10 +182,17 @@ def _crown_ibp(network, phase: ir.CROWNIBPPhase, x, y, eps, eps_target, logits):
     lo, hi = input_box(x, eps)
     trace = network.interval_trace(lo, hi, 0, len(network.layers) - 1)
     ibp_BK = losses.margin_upper_last(network, *trace[-1], y)
-    beta = crown_ibp_beta(phase, eps, eps_target)
-    terms = {"ibp": float(losses.bound_ce(ibp_BK, y).detach()), "beta": beta}
+    beta = along_eps(phase.beta_start, phase.beta_end, eps, eps_target)
+    kappa = along_eps(phase.kappa_start, phase.kappa_end, eps, eps_target)
+    terms = {"ibp": float(losses.bound_ce(ibp_BK, y).detach()), "beta": beta, "kappa": kappa}
     if beta == 0:
-        return losses.bound_ce(ibp_BK, y), terms
-    crown_BK = crown_ibp_margin_upper(network, lo, hi, y, boxes=[(lo, hi)] + trace)
-    terms["crown_ibp"] = float(losses.bound_ce(crown_BK, y).detach())
-    return losses.bound_ce(beta * crown_BK + (1 - beta) * ibp_BK, y), terms
+        robust = losses.bound_ce(ibp_BK, y)
+    else:
+        crown_BK = crown_ibp_margin_upper(network, lo, hi, y, boxes=[(lo, hi)] + trace)
+        terms["crown_ibp"] = float(losses.bound_ce(crown_BK, y).detach())
+        robust = losses.bound_ce(beta * crown_BK + (1 - beta) * ibp_BK, y)
+    if kappa == 0:
+        return robust, terms
+    natural = losses.natural_loss(network, x, y, logits)
+    terms["ce"] = float(natural.detach())
+    return kappa * natural + (1 - kappa) * robust, terms

@@ -20,7 +20,7 @@ ALL = HEAD + """method {
   phase mtl_ibp with alpha 0.01 until epoch 2 { attack pgd(steps = 1, step_size = 10) }
   phase cc_ibp until epoch 3 { alpha 0.5; attack pgd(steps = 8, margin) }
   phase exp_ibp with alpha 0.1 until epoch 4
-  phase crown_ibp { beta_start 0.9; beta_end 0.1 }
+  phase crown_ibp { beta_start 0.9; beta_end 0.1; kappa_start 1; kappa_end 0.5 }
 }
 optimizer adam { epochs 6 }
 """
@@ -32,7 +32,7 @@ def test_every_setting_reaches_the_ir_and_round_trips_through_the_printer():
                 ir.MTLIBPPhase(start=1, end=2, alpha=0.01, attack=ir.InputAttack(steps=1, step_size=10)),
                 ir.CCIBPPhase(start=2, end=3, alpha=0.5, attack=ir.InputAttack(steps=8, loss="margin")),
                 ir.ExpIBPPhase(start=3, end=4, alpha=0.1),
-                ir.CROWNIBPPhase(start=4, beta_start=0.9, beta_end=0.1))
+                ir.CROWNIBPPhase(start=4, beta_start=0.9, beta_end=0.1, kappa_start=1.0, kappa_end=0.5))
     assert [p.model_dump(mode="json") for p in spec.method.phases] == [p.model_dump(mode="json") for p in expected]
     printed = print_spec(spec)
     again = load_spec_text(printed, "<printed>")
@@ -43,6 +43,7 @@ def test_every_setting_reaches_the_ir_and_round_trips_through_the_printer():
 @pytest.mark.parametrize("kind, typo, meant", [
     ("mtl_ibp", "alpah 0.1", "alpha"), ("cc_ibp", "atack pgd(steps = 2)", "attack"),
     ("exp_ibp", "alfa 0.1", "alpha"), ("crown_ibp", "beta_strat 1", "beta_start"),
+    ("crown_ibp", "kapa_end 0.5", "kappa_end"), ("crown_ibp", "kappa_strat 1", "kappa_start"),
 ])
 def test_a_misspelt_setting_names_the_one_meant(kind, typo, meant):
     text = HEAD.replace("EPS", "0.1") + f"method {{ phase {kind} {{ {typo} }} }}\noptimizer adam {{ epochs 6 }}\n"
@@ -67,14 +68,15 @@ def test_zero_eps_is_an_error_for_every_new_phase(kind):
     assert [d.code for d in info.value.diagnostics] == ["zero-eps"]
 
 
-def test_alpha_and_beta_stay_in_the_unit_interval():
+def test_alpha_beta_and_kappa_stay_in_the_unit_interval():
     for setting in ("alpha 1.5", "alpha -0.1"):
         text = HEAD.replace("EPS", "0.1") + f"method {{ phase mtl_ibp {{ {setting} }} }}\noptimizer adam {{ epochs 6 }}\n"
         with pytest.raises(TapscError):
             load_spec_text(text, "<range>")
-    with pytest.raises(TapscError):
-        load_spec_text(HEAD.replace("EPS", "0.1") + "method { phase crown_ibp { beta_end 2 } }\n"
-                       "optimizer adam { epochs 6 }\n", "<range>")
+    for setting in ("beta_end 2", "kappa_start 1.5", "kappa_end -0.1"):
+        with pytest.raises(TapscError):
+            load_spec_text(HEAD.replace("EPS", "0.1") + f"method {{ phase crown_ibp {{ {setting} }} }}\n"
+                           "optimizer adam { epochs 6 }\n", "<range>")
 
 
 def test_robust_kinds_are_derived_from_the_phase_classes():

@@ -92,7 +92,22 @@ def test_crown_ibp_mixes_the_bounds_by_beta_along_the_ramp(phase, eps_target, be
     assert loss.item() == pytest.approx(softplus(beta * Z_CROWN_IBP + (1 - beta) * Z_IBP), rel=1e-5)
 
 
-@pytest.mark.parametrize("phase", [ir.MTLIBPPhase(), ir.CCIBPPhase(), ir.ExpIBPPhase(), ir.CROWNIBPPhase()],
+@pytest.mark.parametrize("phase, eps_target, kappa, beta", [
+    (ir.CROWNIBPPhase(kappa_start=0.3, kappa_end=0.3), 0.1, 0.3, 0.0),  # constant kappa, plain IBP
+    (ir.CROWNIBPPhase(kappa_start=1.0, kappa_end=0.5), 0.2, 0.75, 0.5),  # both halfway up the ramp
+    (ir.CROWNIBPPhase(beta_end=1.0, kappa_start=1.0, kappa_end=0.5), 0.1, 0.5, 1.0),
+])
+def test_crown_ibp_weights_the_clean_loss_by_kappa_along_the_ramp(phase, eps_target, kappa, beta):
+    loss, terms = phase_loss(tiny_net(), phase, X, Y, 0.1, eps_target)
+    clean = softplus(0.0 - 1.0)  # o = (1, 0) at x, label 0
+    assert (terms["kappa"], terms["beta"]) == (pytest.approx(kappa), pytest.approx(beta))
+    assert terms["ce"] == pytest.approx(clean, rel=1e-5)
+    robust = softplus(beta * Z_CROWN_IBP + (1 - beta) * Z_IBP)
+    assert loss.item() == pytest.approx(kappa * clean + (1 - kappa) * robust, rel=1e-5)
+
+
+@pytest.mark.parametrize("phase", [ir.MTLIBPPhase(), ir.CCIBPPhase(), ir.ExpIBPPhase(), ir.CROWNIBPPhase(),
+                                   ir.CROWNIBPPhase(kappa_start=0.5, kappa_end=0.2)],
                          ids=lambda p: p.kind)
 def test_zero_eps_is_the_clean_cross_entropy(phase):
     network = tiny_net()
