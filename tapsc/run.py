@@ -136,6 +136,9 @@ class Trainer:
     def __init__(self, spec: ir.Spec, run_dir: Path, options: RunOptions, emit: Emit = ignore):
         self.spec, self.run_dir, self.options, self.emit = spec, Path(run_dir), options, emit
         self.context = distributed.current()
+        # the TAPS and EXP-IBP losses multiply batch means: over several processes, those of the global batch
+        self._global_mean = ((lambda values: distributed.mean_over_ranks(values, self.context))
+                             if self.context.active else None)
         self.device = resolve_device(options.device)
         self.seed = spec.optimizer.seed
         self._check_batch()
@@ -336,7 +339,8 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.amp):
-            loss, terms = phase_loss(self.network, phase, x_B, y_B, eps, target, l1=self.spec.optimizer.l1)
+            loss, terms = phase_loss(self.network, phase, x_B, y_B, eps, target, l1=self.spec.optimizer.l1,
+                                     global_mean=self._global_mean)
         value = float(loss.detach())
         terms = {name: float(v) for name, v in terms.items()}
         finite = math.isfinite(value) and all(math.isfinite(v) for v in terms.values())

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from tapsc import distributed, ir
+from tapsc import ir
 from tapsc.method import losses
 from tapsc.method.crown_ibp import crown_ibp_margin_upper
 from tapsc.method.input_attack import input_box, pgd_attack
@@ -38,11 +38,12 @@ from tapsc.method.regularizers import l1_penalty, shi_regularizer_from_trace, sh
 from tapsc.method.sabr import sabr_box
 
 LOSSES: dict[str, Callable] = {}
+GlobalMean = Callable[[torch.Tensor], torch.Tensor]
 
 
 def register_loss(kind: str):
     """Register the robust-loss function of a phase kind: fn(network, phase, x, y, eps, eps_target,
-    logits) -> (loss, terms)."""
+    logits, global_mean) -> (loss, terms); ``global_mean`` as in `phase_loss`."""
 
     def decorate(fn):
         LOSSES[kind] = fn
@@ -52,8 +53,13 @@ def register_loss(kind: str):
 
 
 def phase_loss(network, phase: ir.Node, x: torch.Tensor, y: torch.Tensor, eps: float, eps_target: float,
-               l1: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+               l1: float = 0.0, global_mean: GlobalMean | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The training loss of one batch (x in [0, 1] pixels) under ``phase``.
+
+    ``global_mean`` maps a tensor of this process's batch means to the means over the GLOBAL
+    batch (detached), for the losses that multiply batch means (taps, staps, exp_ibp): with
+    data-parallel processes the trainer passes an all-reduce, so the value and gradient are
+    those one process would compute on the whole batch. None: this batch is the whole batch.
 
     Returns:
         (loss, terms): terms holds floats, always "loss", "nat_correct" (correct clean
@@ -61,7 +67,7 @@ def phase_loss(network, phase: ir.Node, x: torch.Tensor, y: torch.Tensor, eps: f
         ("ce", "ibp", "taps", "reg", "l1", ...).
     """
     logits = network(x)  # clean forward first: sets BatchNorm's batch statistics
-    loss, terms = LOSSES[phase.kind](network, phase, x, y, eps, eps_target, logits)
+    loss, terms = LOSSES[phase.kind](network, phase, x, y, eps, eps_target, logits, global_mean)
     if l1 > 0:
         penalty = l1_penalty(network)
         loss = loss + l1 * penalty
@@ -73,13 +79,13 @@ def phase_loss(network, phase: ir.Node, x: torch.Tensor, y: torch.Tensor, eps: f
 
 
 @register_loss("natural")
-def _natural(network, phase, x, y, eps, eps_target, logits):
+def _natural(network, phase, x, y, eps, eps_target, logits, global_mean):
     loss = losses.natural_loss(network, x, y, logits)
     return loss, {"ce": float(loss.detach())}
 
 
 @register_loss("pgd")
-def _pgd(network, phase: ir.PGDPhase, x, y, eps, eps_target, logits):
+def _pgd(network, phase: ir.PGDPhase, x, y, eps, eps_target, logits, global_mean):
     loss = losses.pgd_loss(network, x, y, eps, phase.attack)
     return loss, {"pgd": float(loss.detach())}
 
@@ -97,7 +103,7 @@ def _bound_loss_with_regularizer(network, lo, hi, y, lambda_reg, eps, eps_target
 
 
 @register_loss("ibp")
-def _ibp(network, phase: ir.IBPPhase, x, y, eps, eps_target, logits):
+def _ibp(network, phase: ir.IBPPhase, x, y, eps, eps_target, logits, global_mean):
     if eps == 0:
         loss = losses.natural_loss(network, x, y, logits)  # IBP of a point box is the clean CE
         return loss, {"ibp": float(loss.detach())}
@@ -106,19 +112,18 @@ def _ibp(network, phase: ir.IBPPhase, x, y, eps, eps_target, logits):
 
 
 @register_loss("sabr")
-def _sabr(network, phase: ir.SABRPhase, x, y, eps, eps_target, logits):
+def _sabr(network, phase: ir.SABRPhase, x, y, eps, eps_target, logits, global_mean):
     lo, hi = sabr_box(network, x, y, eps, phase.sabr_lambda, phase.attack)
     return _bound_loss_with_regularizer(network, lo, hi, y, phase.shi_regularizer, eps, eps_target)
 
 
-def _taps_on_box(network, phase, lo, hi, y):
+def _taps_on_box(network, phase, lo, hi, y, global_mean):
     """The combined TAPS loss for the input box [lo, hi]."""
     z_lo, z_hi = network.extractor_box(lo, hi)
     l_ibp = losses.bound_ce(losses.ibp_margin_upper(network, z_lo, z_hi, y, start=network.split), y)
     l_taps = losses.bound_ce(taps_margins(network, z_lo, z_hi, y, phase.attack, phase.connector), y)
-    context = distributed.current()
-    if context.active:  # the product of the GLOBAL batch means, as one process would take it
-        taps_mean, ibp_mean = distributed.mean_over_ranks(torch.stack([l_taps.detach(), l_ibp.detach()]), context)
+    if global_mean is not None:  # the product of the GLOBAL batch means, as one process would take it
+        taps_mean, ibp_mean = global_mean(torch.stack([l_taps.detach(), l_ibp.detach()]))
         loss = losses.combine_scaled_over_ranks(l_taps, l_ibp, phase.weight, taps_mean, ibp_mean)
     else:
         loss = losses.combine_scaled(l_taps, l_ibp, phase.weight)
@@ -126,14 +131,14 @@ def _taps_on_box(network, phase, lo, hi, y):
 
 
 @register_loss("taps")
-def _taps(network, phase: ir.TAPSPhase, x, y, eps, eps_target, logits):
-    return _taps_on_box(network, phase, *input_box(x, eps), y)
+def _taps(network, phase: ir.TAPSPhase, x, y, eps, eps_target, logits, global_mean):
+    return _taps_on_box(network, phase, *input_box(x, eps), y, global_mean)
 
 
 @register_loss("staps")
-def _staps(network, phase: ir.STAPSPhase, x, y, eps, eps_target, logits):
+def _staps(network, phase: ir.STAPSPhase, x, y, eps, eps_target, logits, global_mean):
     lo, hi = sabr_box(network, x, y, eps, phase.sabr_lambda, phase.input_attack)
-    return _taps_on_box(network, phase, lo, hi, y)
+    return _taps_on_box(network, phase, lo, hi, y, global_mean)
 
 
 def _adversarial_logits(network, phase, x, y, eps):
@@ -147,16 +152,15 @@ def _adversarial_logits(network, phase, x, y, eps):
 def _expressive(combine: Callable):
     """The robust loss of an expressive phase: ``combine(alpha, z_adv, z_IBP, y)``."""
 
-    def loss_fn(network, phase, x, y, eps, eps_target, logits):
+    def loss_fn(network, phase, x, y, eps, eps_target, logits, global_mean):
         if eps == 0:
             loss = losses.natural_loss(network, x, y, logits)  # x_adv = x and the IBP box is a point
             return loss, {"adv": float(loss.detach()), "ibp": float(loss.detach())}
         z_adv_BK = losses.adversarial_margins(_adversarial_logits(network, phase, x, y, eps), y)
         z_ibp_BK = losses.ibp_margin_upper(network, *input_box(x, eps), y)
         loss, l_adv, l_ibp = combine(phase.alpha, z_adv_BK, z_ibp_BK, y)
-        context = distributed.current()
-        if combine is losses.exp_ibp_loss and context.active:  # a product of GLOBAL batch means, as for taps
-            adv_mean, ibp_mean = distributed.mean_over_ranks(torch.stack([l_adv.detach(), l_ibp.detach()]), context)
+        if combine is losses.exp_ibp_loss and global_mean is not None:  # a product of GLOBAL means, as for taps
+            adv_mean, ibp_mean = global_mean(torch.stack([l_adv.detach(), l_ibp.detach()]))
             loss = losses.exp_ibp_over_ranks(phase.alpha, l_adv, l_ibp, adv_mean, ibp_mean)
         return loss, {"adv": float(l_adv.detach()), "ibp": float(l_ibp.detach())}
 
@@ -175,7 +179,7 @@ def along_eps(start: float, end: float, eps: float, eps_target: float) -> float:
 
 
 @register_loss("crown_ibp")
-def _crown_ibp(network, phase: ir.CROWNIBPPhase, x, y, eps, eps_target, logits):
+def _crown_ibp(network, phase: ir.CROWNIBPPhase, x, y, eps, eps_target, logits, global_mean):
     if eps == 0:
         loss = losses.natural_loss(network, x, y, logits)  # both bounds of a point are the logits
         return loss, {"ibp": float(loss.detach())}

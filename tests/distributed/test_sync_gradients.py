@@ -29,12 +29,12 @@ SPECS = {"linear": DIST_SPEC, "conv": CONV_SPEC, "taps": TAPS_SPEC}
 EPOCHS = {"linear": 1, "conv": 1, "taps": 2}  # IBP (at eps = eps_target the Shi weight is 0), TAPS
 
 
-def _loss(spec_text, network, x, y, epoch=1):
+def _loss(spec_text, network, x, y, epoch=1, global_mean=None):
     from tapsc.method import phase_loss
     from tapsc.run import phase_at
 
     phase = phase_at(load_spec_text(spec_text), epoch)
-    loss, _ = phase_loss(network, phase, x, y, EPS, EPS)
+    loss, _ = phase_loss(network, phase, x, y, EPS, EPS, global_mean=global_mean)
     return loss
 
 
@@ -58,13 +58,15 @@ def _rank(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     context = distributed.Context(rank=rank, world_size=2, backend="gloo")
-    distributed._current = context  # what init_from_env sets in a worker; the TAPS loss reads it
+    distributed._current = context  # what init_from_env sets in a worker
     states = {}
     for name, text in SPECS.items():
         network, x, y = _network_and_batch(text)
         assert distributed.sync_batchnorm(network) == 1
         half = slice(8 * rank, 8 * rank + 8)
-        _loss(text, network, x[half], y[half], EPOCHS[name]).backward()
+        # the trainer's reduction: the TAPS loss multiplies means of the global batch
+        _loss(text, network, x[half], y[half], EPOCHS[name],
+              global_mean=lambda values: distributed.mean_over_ranks(values, context)).backward()
         distributed.all_reduce_gradients(network.parameters(), context)
         distributed.average_buffers(network, context)
         states[name] = _state(network)
