@@ -129,6 +129,21 @@ def create(run_dir: Path, spec: ir.Spec, spec_text: str) -> Path:
     return run_dir
 
 
+# Settings an older tapsc wrote into ir.json and that no longer exist, each with the value that
+# meant "nothing set": a run directory keeps loading after the setting goes, as long as it had
+# that value (a non-default value is a real difference, and the IR check reports it).
+REMOVED_SETTINGS = {("data", "test_batch"): None}  # never read by any stage; `eval.batch` is the one
+
+
+def upgrade_ir(document: dict) -> dict:
+    """``document`` (a parsed ir.json) without the REMOVED_SETTINGS that hold their no-op value."""
+    for (section, key), inert in REMOVED_SETTINGS.items():
+        part = document.get(section)
+        if isinstance(part, dict) and key in part and part[key] == inert:
+            document = {**document, section: {k: v for k, v in part.items() if k != key}}
+    return document
+
+
 def read_spec(run_dir: Path) -> ir.Spec:
     """The canonical IR of a run.
 
@@ -140,7 +155,8 @@ def read_spec(run_dir: Path) -> ir.Spec:
         raise TapscError(Diagnostic(code="not-a-run", message=f"{run_dir} is not a tapsc run directory "
                                     f"(no {IR})", help="pass the folder `tapsc run` created"))
     try:
-        return ir.Spec.model_validate_json(path.read_text())
+        document = json.loads(path.read_text())
+        return ir.Spec.model_validate(upgrade_ir(document) if isinstance(document, dict) else document)
     except ValueError as error:
         raise TapscError(Diagnostic(code="bad-run", message=f"{path} is not a valid IR: "
                                     f"{str(error).splitlines()[0]}")) from None

@@ -82,3 +82,23 @@ def test_a_folder_given_as_a_file_is_refused(tmp_path):
     with pytest.raises(TapscError) as info:
         ensure_writable_file(tmp_path)
     assert info.value.diagnostics[0].code == "unwritable-output"
+
+
+def test_a_run_directory_written_before_a_setting_was_removed_still_loads(tmp_path):
+    """ir.json from an older tapsc holds `data.test_batch: null` (removed: no stage read it);
+    it loads, while a non-default value of a removed setting is still refused."""
+    import json
+
+    from tapsc import rundir
+    from tapsc.errors import TapscError
+
+    run = tmp_path / "old"
+    run.mkdir()
+    document = json.loads(load_spec_text(TINY_SPEC, "tiny.taps").model_dump_json())
+    document["data"]["test_batch"] = None
+    (run / "ir.json").write_text(json.dumps(document))
+    assert rundir.read_spec(run).model_dump_json() == load_spec_text(TINY_SPEC, "tiny.taps").model_dump_json()
+    document["data"]["test_batch"] = 64
+    (run / "ir.json").write_text(json.dumps(document))
+    with pytest.raises(TapscError, match="not a valid IR"):
+        rundir.read_spec(run)
