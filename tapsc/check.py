@@ -330,22 +330,6 @@ def check_lr_schedule(spec: ir.Spec) -> list[Diagnostic]:
 
 
 @check
-def check_connectors(spec: ir.Spec) -> list[Diagnostic]:
-    """`linear` means c = 1 and `binary` c = 0; anything else is `rectified_linear`."""
-    problems = []
-    for phase in spec.method.phases:
-        connector = getattr(phase, "connector", None)
-        if connector is None:
-            continue
-        fixed = {"linear": 1.0, "binary": 0.0}.get(connector.kind)
-        if fixed is not None and connector.c != fixed:
-            problems.append(Diagnostic(code="connector-c", message=f"the `{connector.kind}` connector has c = {fixed:g}, "
-                                       f"not {connector.c:g}", span=connector.span,
-                                       help=f"write `connector rectified_linear(c = {connector.c:g})`"))
-    return problems
-
-
-@check
 def check_eval(spec: ir.Spec) -> list[Diagnostic]:
     """The metric that selects the checkpoint is one that is evaluated."""
     if spec.eval.select not in spec.eval.metrics:

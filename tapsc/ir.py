@@ -307,11 +307,39 @@ class LatentAttack(Node):
     estimation_batch: PositiveInt | None = None
 
 
-class Connector(Node):
-    """Gradient connector; binary is c = 0, linear is c = 1."""
+class _Connector(Node):
+    """A gradient connector (Mao et al. 2023, Sec. 3.3): how the latent adversarial point
+    z_hat passes gradient to the latent box bounds. Its fields are the connector's parameters
+    (the spec's `connector KIND(name = value)`); its ramp, the per-dimension derivative, is
+    registered by kind in tapsc/method/connectors.py. A parameter a kind fixes is a ClassVar
+    (`linear` is rectified_linear with c = 1): writing it is the `connector-c` error."""
 
-    kind: Literal["rectified_linear", "linear", "binary"] = "rectified_linear"
+
+class RectifiedLinearConnector(_Connector):
+    """d z / d z_lo = max(0, 1 - (z_hat - z_lo) / (c (z_hi - z_lo))) (the paper's Eq. 4 with
+    its rectification; d z / d z_hi mirrored); c = 0 is binary, c = 1 linear."""
+
+    kind: Literal["rectified_linear"] = "rectified_linear"
     c: UnitFloat = 0.5
+
+
+class LinearConnector(_Connector):
+    """rectified_linear with c = 1: the derivative falls linearly across the whole box."""
+
+    kind: Literal["linear"] = "linear"
+    c: ClassVar[float] = 1.0
+
+
+class BinaryConnector(_Connector):
+    """rectified_linear with c = 0: gradient only where z_hat sits on a bound."""
+
+    kind: Literal["binary"] = "binary"
+    c: ClassVar[float] = 0.0
+
+
+Connector = Annotated[Union[RectifiedLinearConnector, LinearConnector, BinaryConnector], Field(discriminator="kind")]
+CONNECTOR_CLASSES: dict[str, type[_Connector]] = {
+    cls.model_fields["kind"].default: cls for cls in typing.get_args(typing.get_args(Connector)[0])}
 
 
 class _Phase(Node):
@@ -352,14 +380,14 @@ class SABRPhase(_Phase):
 
 class TAPSPhase(_Phase):
     kind: Literal["taps"] = "taps"
-    connector: Connector = Connector()
+    connector: Connector = RectifiedLinearConnector()
     attack: LatentAttack = LatentAttack()
     weight: NonNegativeFloat = 5.0  # w = a / (1 - a) in App. A
 
 
 class STAPSPhase(_Phase):
     kind: Literal["staps"] = "staps"
-    connector: Connector = Connector()
+    connector: Connector = RectifiedLinearConnector()
     attack: LatentAttack = LatentAttack()
     weight: NonNegativeFloat = 5.0
     sabr_lambda: Annotated[float, Field(gt=0, le=1)] = 0.4

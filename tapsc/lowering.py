@@ -133,10 +133,13 @@ _EXAMPLES = {
 
 
 def _strip_tags(loc: Loc) -> Loc:
-    """Drop the union tags pydantic adds after a list index: (layers, 3, 'conv', 'kernel')."""
+    """Drop the union tags pydantic adds after a list index, (layers, 3, 'conv', 'kernel'), or
+    after a field holding a union, (..., 'connector', 'rectified_linear', 'c')."""
     out: list[Any] = []
     for index, part in enumerate(loc):
         if isinstance(part, str) and index > 0 and isinstance(loc[index - 1], int) and index + 1 < len(loc):
+            continue
+        if isinstance(part, str) and index > 0 and part in _UNION_FIELDS.get(loc[index - 1], ()):
             continue
         if isinstance(part, str) and index > 0 and isinstance(loc[index - 1], int) and index + 1 == len(loc) \
                 and part in _ALL_KINDS:
@@ -145,7 +148,9 @@ def _strip_tags(loc: Loc) -> Loc:
     return tuple(out)
 
 
-_ALL_KINDS = set(ir.LAYER_KINDS) | set(ir.PHASE_KINDS) | set(ir.SPLIT_KINDS) | {"crop", "hflip", "center_crop"}
+_ALL_KINDS = set(ir.LAYER_KINDS) | set(ir.PHASE_KINDS) | set(ir.SPLIT_KINDS) | {
+    cls.model_fields["kind"].default for cls in ir.AUGMENTATION_CLASSES}
+_UNION_FIELDS = {"connector": set(ir.CONNECTOR_CLASSES), "split": set(ir.SPLIT_KINDS)}  # field -> its union's tags
 
 
 def _find_span(loc: Loc, spans: dict[Loc, Span], fallback: Span) -> Span:

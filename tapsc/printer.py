@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel
 
 from tapsc import ir
+from tapsc.build_ir import field_names
 
 INDENT = "  "
 
@@ -137,8 +138,8 @@ def _phase(phase: ir.Node) -> list[str]:
         head += f" until epoch {phase.end}"
     lines = []
     for name, value in _changed(phase, ("start", "end")).items():
-        if isinstance(value, ir.Connector):
-            lines.append(f"connector {_call(value.kind, [], {'c': value.c})}")
+        if isinstance(value, tuple(ir.CONNECTOR_CLASSES.values())):
+            lines.append(f"connector {_call(value.kind, [], {k: getattr(value, k) for k in field_names(type(value))})}")
         elif isinstance(value, (ir.InputAttack, ir.LatentAttack)):
             lines.append(_attack(name, value, phase))
         else:

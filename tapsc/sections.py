@@ -39,7 +39,6 @@ PHASE_CLASSES: dict[str, type[ir.Node]] = {
     cls.model_fields["kind"].default: cls for cls in ir.PHASE_CLASSES}
 AUGMENTATIONS: dict[str, type[ir.Node]] = {
     cls.model_fields["kind"].default: cls for cls in ir.AUGMENTATION_CLASSES}
-CONNECTOR_C = {"linear": 1.0, "binary": 0.0}  # the c that defines these connectors
 
 
 def _head(statement: Statement, field: str) -> Table:
@@ -276,19 +275,44 @@ def _call_parts(statement: Statement, keywords: Sequence[str], flags: dict[str, 
     return head, named, flag_values
 
 
+def _fixed(cls: type[ir.Node]) -> dict[str, float]:
+    """The parameters a connector kind fixes (numeric ClassVars, e.g. `linear`'s c = 1)."""
+    return {name: getattr(cls, name) for name in cls.__class_vars__ if isinstance(getattr(cls, name), (int, float))}
+
+
 def _connector(target: Table, statement: Statement) -> None:
-    """`connector rectified_linear(c = 0.5)`, `connector linear`, `connector binary`."""
+    """`connector rectified_linear(c = 0.5)`, `connector linear`, `connector binary`, `connector(c = 0.3)`:
+    the keyword arguments are the kind's fields (ir.CONNECTOR_CLASSES). A new kind replaces the
+    connector set before (an include's); without a kind, the arguments change the one set before."""
     no_body(statement)
-    head, named, _ = _call_parts(statement, ("c",), {})
+    every = sorted({name for cls in ir.CONNECTOR_CLASSES.values() for name in (*field_names(cls), *_fixed(cls))})
+    head, named, _ = _call_parts(statement, every, {})
     table = Table(span=statement.span)
+    before = target.get("connector")
+    kind = None
     if head is not None:
-        kind = _choice(head, _literal_choices(ir.Connector, "kind"), "connector")
+        kind = _choice(head, tuple(ir.CONNECTOR_CLASSES), "connector")
         table["kind"] = Val(kind, head.span)
-        if kind in CONNECTOR_C:
-            table["c"] = Val(CONNECTOR_C[kind], head.span)
-    if "c" in named:
-        table["c"] = Val(plain(named["c"]), named["c"].span)
-    target["connector"] = merge(target.get("connector", Table(span=statement.span)), table)
+    elif isinstance(before, Table) and "kind" in before:
+        kind = plain(before["kind"])
+    else:  # the default connector's kind, written down for the union's tag
+        kind = ir.RectifiedLinearConnector.model_fields["kind"].default
+        table["kind"] = Val(kind, statement.name_span)
+    cls = ir.CONNECTOR_CLASSES[kind]
+    for key, value in named.items():
+        if key in _fixed(cls):
+            given = plain(value)
+            raise Problem("connector-c", f"the `{cls.model_fields['kind'].default}` connector has {key} = "
+                          f"{_fixed(cls)[key]:g}, not {given:g}", statement.span,
+                          help=f"write `connector rectified_linear({key} = {given:g})`")
+        if key not in cls.model_fields:
+            raise Problem("unknown-argument", f"the `{cls.model_fields['kind'].default}` connector has no "
+                          f"argument `{key}`", value.span, help=did_you_mean(key, field_names(cls)))
+        table[key] = Val(plain(value), value.span)
+    if head is not None or not isinstance(before, Table):
+        target["connector"] = table
+    else:
+        target["connector"] = merge(before, table)
 
 
 def _attack(model: type[ir.Node]) -> Callable[[Table, Statement], None]:

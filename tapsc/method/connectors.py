@@ -4,13 +4,18 @@ PGD's result z_hat depends on the latent box [z_lo, z_hi] only through its proje
 which has no useful derivative. The connector is an autograd Function whose forward
 returns z_hat unchanged and whose backward sends, per dimension (no cross terms),
 
-    d z / d z_lo = max(0, 1 - (z_hat - z_lo) / (c (z_hi - z_lo)))
-    d z / d z_hi = max(0, 1 - (z_hi - z_hat) / (c (z_hi - z_lo)))
+    d z / d z_lo = ramp(z_hat - z_lo, z_hi - z_lo)
+    d z / d z_hi = ramp(z_hi - z_hat, z_hi - z_lo)
 
-c = 0 is the binary connector (gradient only where z_hat sits on a bound), c = 1 the
-linear one, 0 < c < 1 the rectified linear one. Where z_hi == z_lo both are 0.5.
+where ``ramp`` is the connector kind's (Mao et al. 2023, Sec. 3.3): the rectified linear
+connector's is max(0, 1 - distance / (c width)); c = 0 (`binary`) sends gradient only where
+z_hat sits on the bound, c = 1 is `linear`. Where z_hi == z_lo both derivatives are 0.5.
 z_hat may carry extra leading estimator dimensions (B, E, ...) over bounds (B, 1, ...);
 the gradients of all estimators are summed onto the shared bounds.
+
+A connector kind is its IR node (``ir.CONNECTOR_CLASSES``: the parameters) and one ramp
+registered here by kind; the reference weights (``connector_weights``) and the chunked,
+in-place backward both call that one ramp.
 
 Shape legend: B batch, E estimators, Z... latent dimensions.
 """
@@ -23,13 +28,17 @@ import torch
 
 from tapsc import ir
 
-CONNECTORS: dict[str, Callable[[ir.Connector], float]] = {}
+# ramp(distance, width, node) -> weight, IN PLACE on ``distance`` (a z_hat-sized temporary the
+# caller owns): distance >= 0 inside the box (it may be negative by rounding), width > 0 (the
+# caller substitutes 1 where the box is degenerate and overwrites those weights with 0.5)
+Ramp = Callable[[torch.Tensor, torch.Tensor, ir.Node], torch.Tensor]
+CONNECTORS: dict[str, Ramp] = {}
 
 
 def register_connector(kind: str):
-    """Register a function mapping the connector IR node to its c."""
+    """Register the ramp of a connector kind (see ``Ramp``)."""
 
-    def decorate(fn):
+    def decorate(fn: Ramp) -> Ramp:
         CONNECTORS[kind] = fn
         return fn
 
@@ -37,40 +46,42 @@ def register_connector(kind: str):
 
 
 @register_connector("rectified_linear")
-def _rectified_linear(node: ir.Connector) -> float:
-    return node.c
+@register_connector("linear")  # c = 1 (a ClassVar of ir.LinearConnector)
+@register_connector("binary")  # c = 0
+def _rectified_linear(distance: torch.Tensor, width: torch.Tensor, node: ir.Node) -> torch.Tensor:
+    """max(0, 1 - distance / (c width)); at c = 0 the limit, 1 where distance <= 0 else 0."""
+    if node.c == 0:
+        return distance.le_(0)  # distance <= 0 exactly when z_hat is on (or beyond) the bound
+    return distance.div_(width * node.c).neg_().add_(1).clamp_(min=0)
 
 
-@register_connector("linear")
-def _linear(node: ir.Connector) -> float:
-    return 1.0
+def _weights_(distance: torch.Tensor, width: torch.Tensor, degenerate: torch.Tensor, node: ir.Node) -> torch.Tensor:
+    """The ramp of ``node``'s kind, in place on ``distance``, 0.5 where the box is degenerate."""
+    return CONNECTORS[node.kind](distance, width, node).masked_fill_(degenerate, 0.5)
 
 
-@register_connector("binary")
-def _binary(node: ir.Connector) -> float:
-    return 0.0
-
-
-def connector_weights(z_hat, z_lo, z_hi, c: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-dimension derivatives (d z / d z_lo, d z / d z_hi), broadcast to z_hat's shape."""
+def _safe_width(z_lo: torch.Tensor, z_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     width = z_hi - z_lo
     degenerate = width <= 0
-    if c == 0:
-        d_lo = (z_hat <= z_lo).to(z_hat.dtype)
-        d_hi = (z_hat >= z_hi).to(z_hat.dtype)
-    else:
-        safe = torch.where(degenerate, torch.ones_like(width), width) * c
-        d_lo = (1 - (z_hat - z_lo) / safe).clamp(min=0)
-        d_hi = (1 - (z_hi - z_hat) / safe).clamp(min=0)
-    half = torch.full_like(d_lo, 0.5)
-    return torch.where(degenerate, half, d_lo), torch.where(degenerate, half, d_hi)
+    return torch.where(degenerate, torch.ones_like(width), width), degenerate
+
+
+def connector_weights(z_hat, z_lo, z_hi, node: ir.Node | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-dimension derivatives (d z / d z_lo, d z / d z_hi), broadcast to z_hat's shape
+    (the reference the backward pass is tested against)."""
+    node = as_connector(node)
+    width, degenerate = _safe_width(z_lo, z_hi)
+    shape = torch.broadcast_shapes(z_hat.shape, z_lo.shape)
+    d_lo = _weights_((z_hat - z_lo).expand(shape).clone(), width, degenerate.expand(shape), node)
+    d_hi = _weights_((z_hi - z_hat).expand(shape).clone(), width, degenerate.expand(shape), node)
+    return d_lo, d_hi
 
 
 class _Connect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z_hat, z_lo, z_hi, c, out_dtype):
+    def forward(ctx, z_hat, z_lo, z_hi, node, out_dtype):
         ctx.save_for_backward(z_hat, z_lo, z_hi)
-        ctx.c = c
+        ctx.node = node
         if out_dtype is not None and out_dtype != z_hat.dtype:
             # the cast autocast would make at the classifier's first layer, made here: the
             # incoming gradient then stays in out_dtype instead of arriving widened to a
@@ -81,14 +92,7 @@ class _Connect(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         z_hat, z_lo, z_hi = ctx.saved_tensors
-        if ctx.c == 0:
-            d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, ctx.c)
-            grad_lo = (grad_out * d_lo).sum_to_size(z_lo.shape) if ctx.needs_input_grad[1] else None
-            grad_hi = (grad_out * d_hi).sum_to_size(z_hi.shape) if ctx.needs_input_grad[2] else None
-            return None, grad_lo, grad_hi, None, None
-        width = z_hi - z_lo  # bounds-shaped, (B, 1, *Z): E times smaller than z_hat
-        degenerate = width <= 0
-        safe = torch.where(degenerate, torch.ones_like(width), width) * ctx.c
+        width, degenerate = _safe_width(z_lo, z_hi)  # bounds-shaped, (B, 1, *Z): E times smaller than z_hat
         grad_lo = torch.empty_like(z_lo) if ctx.needs_input_grad[1] else None
         grad_hi = torch.empty_like(z_hi) if ctx.needs_input_grad[2] else None
         # Memory chunks of samples, each temporary about one bounds tensor in size: this
@@ -100,38 +104,48 @@ class _Connect(torch.autograd.Function):
         for start in range(0, batch, per_chunk):
             part = slice(start, start + per_chunk)
             if grad_lo is not None:
-                grad_lo[part] = _weighted_sum(z_hat[part] - z_lo[part], safe[part], degenerate[part],
-                                              grad_out[part], z_lo[part].shape)
+                grad_lo[part] = _weighted_sum(z_hat[part] - z_lo[part], width[part], degenerate[part],
+                                              grad_out[part], z_lo[part].shape, ctx.node)
             if grad_hi is not None:
-                grad_hi[part] = _weighted_sum(z_hi[part] - z_hat[part], safe[part], degenerate[part],
-                                              grad_out[part], z_hi[part].shape)
+                grad_hi[part] = _weighted_sum(z_hi[part] - z_hat[part], width[part], degenerate[part],
+                                              grad_out[part], z_hi[part].shape, ctx.node)
         return None, grad_lo, grad_hi, None, None
 
 
-def _weighted_sum(distance, safe, degenerate, grad_out, shape):
-    """sum over estimators of grad_out * where(degenerate, 0.5, max(0, 1 - distance / safe)).
+def _weighted_sum(distance, width, degenerate, grad_out, shape, node):
+    """sum over estimators of grad_out * the connector's weight, in place on the one z_hat-sized
+    temporary ``distance``: the backward pass of a (B, K-1, *Z) latent is memory-bound, and every
+    fresh temporary costs a pass and, on CPU, page faults. A bf16 ``grad_out`` is widened
+    exactly inside the float32 product."""
+    return _weights_(distance, width, degenerate, node).mul_(grad_out).sum_to_size(shape)
 
-    The same arithmetic as ``connector_weights`` (so the same bits), in place on the one
-    z_hat-sized temporary ``distance``: the backward pass of a (B, K-1, *Z) latent is
-    memory-bound, and every fresh temporary costs a pass and, on CPU, page faults. A bf16
-    ``grad_out`` is widened exactly inside the float32 product.
+
+def as_connector(connector: ir.Node | float) -> ir.Node:
+    """A connector IR node; a bare number c is the rectified linear connector with that c.
+
+    Raises:
+        ValueError: c outside [0, 1], or a kind with no registered ramp.
     """
-    weight = distance.div_(safe).neg_().add_(1).clamp_(min=0).masked_fill_(degenerate, 0.5)
-    return weight.mul_(grad_out).sum_to_size(shape)
+    if isinstance(connector, (int, float)):
+        if not 0 <= connector <= 1:
+            raise ValueError(f"connector parameter c must be in [0, 1], got {connector}")
+        return ir.RectifiedLinearConnector(c=float(connector))
+    if connector.kind not in CONNECTORS:
+        raise ValueError(f"connector `{connector.kind}` has no ramp; registered: {', '.join(sorted(CONNECTORS))}")
+    return connector
 
 
-def connect(z_hat: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, c: float,
+def connect(z_hat: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, connector: ir.Node | float,
             out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """z_hat (detached) as a differentiable function of the box bounds with parameter c in [0, 1].
+    """z_hat (detached) as a differentiable function of the box bounds, through ``connector``
+    (an IR node, or a number c for the rectified linear connector).
 
     ``out_dtype``: return z_hat cast to it (for a classifier that would cast it anyway, see
     ``latent_attack.attack_input_dtype``); the bounds' gradients are the same bits.
     """
-    if not 0 <= c <= 1:
-        raise ValueError(f"connector parameter c must be in [0, 1], got {c}")
-    return _Connect.apply(z_hat.detach(), z_lo, z_hi, float(c), out_dtype)
+    return _Connect.apply(z_hat.detach(), z_lo, z_hi, as_connector(connector), out_dtype)
 
 
-def connect_with(node: ir.Connector, z_hat, z_lo, z_hi, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``connect`` with c taken from the connector IR node (by its kind)."""
-    return connect(z_hat, z_lo, z_hi, CONNECTORS[node.kind](node), out_dtype)
+def connect_with(node: ir.Node, z_hat, z_lo, z_hi, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``connect`` with the connector IR node first (the order ``latent_attack`` calls it in)."""
+    return connect(z_hat, z_lo, z_hi, node, out_dtype)

@@ -59,15 +59,55 @@ def test_upstream_gradient_is_scaled_per_dimension():
 
 
 def test_every_connector_kind_is_registered_and_maps_to_c():
-    kinds = ir.Connector.model_fields["kind"].annotation.__args__
-    assert set(kinds) == set(CONNECTORS)
+    assert set(ir.CONNECTOR_CLASSES) == set(CONNECTORS)
     z_lo = torch.zeros(1, requires_grad=True)
     z_hi = torch.ones(1, requires_grad=True)
-    expected = {"binary": 0.0, "linear": 0.5, "rectified_linear": 0.0}  # d/dz_lo at z_hat = 0.5, c = 0.5 node
+    expected = {"binary": 0.0, "linear": 0.5, "rectified_linear": 0.0}  # d/dz_lo at z_hat = 0.5, default c = 0.5
     for kind, grad in expected.items():
         z_lo.grad = None
-        connect_with(ir.Connector(kind=kind, c=0.5), torch.tensor([0.5]), z_lo, z_hi).sum().backward()
+        connect_with(ir.CONNECTOR_CLASSES[kind](), torch.tensor([0.5]), z_lo, z_hi).sum().backward()
         assert z_lo.grad.item() == pytest.approx(grad)
+
+
+CONNECTOR_NODES = [cls() for cls in ir.CONNECTOR_CLASSES.values()] + [
+    ir.RectifiedLinearConnector(c=c) for c in (0.0, 0.25, 1.0)]
+
+
+@pytest.mark.parametrize("node", CONNECTOR_NODES, ids=lambda n: f"{n.kind}-{n.c:g}")
+def test_every_registered_ramp_keeps_the_connector_contract(node):
+    """Generated from the registry: each kind's derivative is in [0, 1], 1 where z_hat sits on
+    the bound, non-increasing as z_hat moves away from it, 0.5 on a degenerate box, and
+    mirrored between the two bounds."""
+    from tapsc.method.connectors import connector_weights
+
+    z_lo, z_hi = torch.zeros(1, 1, 9), torch.ones(1, 1, 9)
+    z_hat = torch.linspace(0, 1, 9).reshape(1, 1, 9)
+    d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, node)
+    assert ((0 <= d_lo) & (d_lo <= 1)).all() and d_lo[..., 0].item() == 1 and d_hi[..., -1].item() == 1
+    assert (d_lo[..., 1:] <= d_lo[..., :-1]).all() and (d_hi[..., 1:] >= d_hi[..., :-1]).all()
+    torch.testing.assert_close(d_lo, d_hi.flip(-1))
+    flat = torch.full((1, 1, 3), 0.3)
+    assert (torch.stack(connector_weights(flat, flat, flat, node)) == 0.5).all()
+
+
+@pytest.mark.parametrize("c", [0.0, 0.25, 0.5, 1.0])
+def test_rectified_linear_is_the_papers_formula(c):
+    """max(0, 1 - (z_hat - z_lo) / (c (z_hi - z_lo))), written out here independently of the ramp."""
+    from tapsc.method.connectors import connector_weights
+
+    generator = torch.Generator().manual_seed(1)
+    z_lo = torch.randn(4, 1, 6, generator=generator)
+    z_hi = z_lo + torch.rand(4, 1, 6, generator=generator) + 0.1
+    z_hat = z_lo + torch.rand(4, 3, 6, generator=generator) * (z_hi - z_lo)
+    z_hat[0, 0] = z_lo[0, 0]
+    d_lo, d_hi = connector_weights(z_hat, z_lo, z_hi, c)
+    if c == 0:
+        want_lo, want_hi = (z_hat <= z_lo).float(), (z_hat >= z_hi).float()
+    else:
+        want_lo = (1 - (z_hat - z_lo) / (c * (z_hi - z_lo))).clamp(min=0)
+        want_hi = (1 - (z_hi - z_hat) / (c * (z_hi - z_lo))).clamp(min=0)
+    torch.testing.assert_close(d_lo, want_lo)
+    torch.testing.assert_close(d_hi, want_hi)
 
 
 def test_c_outside_unit_interval_is_rejected():
@@ -75,7 +115,8 @@ def test_c_outside_unit_interval_is_rejected():
         connect(torch.zeros(1), torch.zeros(1), torch.ones(1), 1.5)
 
 
-@pytest.mark.parametrize("c", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("c", [0.25, 0.5, 1.0, *(cls() for cls in ir.CONNECTOR_CLASSES.values())],
+                         ids=lambda c: c.kind if isinstance(c, ir.Node) else str(c))
 def test_batched_backward_equals_the_formula_summed_over_estimators(c):
     # 7 samples x 3 estimators: the backward works in memory chunks of ceil(7 / 3) samples,
     # which must give exactly the per-element formula summed over estimators.

@@ -34,7 +34,7 @@ def test_estimates_between_centre_margin_and_ibp_bound(train, estimator):
     network = build(split=2, seed=1)
     x, y, z_lo, z_hi = _boxes(network, 0.05, train)
     attack = ir.LatentAttack(steps=10, restarts=2, estimator=estimator)
-    estimates = taps_margins(network, z_lo, z_hi, y, attack, ir.Connector())
+    estimates = taps_margins(network, z_lo, z_hi, y, attack, ir.RectifiedLinearConnector())
     ibp = ibp_margin_upper(network, z_lo, z_hi, y, start=network.split)
     assert (estimates <= ibp + 1e-5).all()
     if estimator == "multi":
@@ -84,7 +84,7 @@ def test_attack_in_training_leaves_running_statistics_and_extractor_graph_alone(
 def test_taps_gradient_reaches_the_extractor_through_the_connector():
     network = build(split=2, seed=5)
     x, y, z_lo, z_hi = _boxes(network, 0.05, train=True)
-    estimates = taps_margins(network, z_lo, z_hi, y, ir.LatentAttack(steps=5), ir.Connector(c=1.0))
+    estimates = taps_margins(network, z_lo, z_hi, y, ir.LatentAttack(steps=5), ir.RectifiedLinearConnector(c=1.0))
     estimates.sum().backward()
     first_conv = network.layers[0]
     assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
