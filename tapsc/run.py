@@ -180,24 +180,13 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def state(self, epoch: int) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "rng": rng_states(),
-            "metrics": self.history,
-            "best": self.best,
-            "seed": self.seed,
-            "world_size": self.context.world_size,
-        }
+        return rundir.training_state(self.network, self.optimizer, self.scheduler, epoch=epoch,
+                                     metrics=self.history, best=self.best, seed=self.seed,
+                                     world_size=self.context.world_size, rng=rng_states())
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: the epoch after the one it holds."""
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        rundir.restore_training_state(state, self.network, self.optimizer, self.scheduler)
         restore_rng_states(state["rng"])
         self.history = list(state["metrics"])
         self.best = state["best"]
@@ -510,7 +499,7 @@ def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = i
     context = distributed.current()
     # rank 0 reads the run and sends it: ranks on other machines need not see its folder
     spec = distributed.main_first(lambda: apply_options(rundir.read_spec(run_dir), options), context)
-    state, finished = distributed.main_first(lambda: _resume_state(run_dir, spec, emit), context)
+    state, finished = distributed.main_first(lambda: rundir.resume_state(run_dir, spec, emit), context)
     epochs = spec.optimizer.epochs
     results_path = Path(run_dir) / rundir.RESULTS
     if finished and context.is_main and results_path.is_file():
@@ -532,42 +521,6 @@ def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = i
     else:
         emit(Note(f"{run_dir} has no checkpoint yet: starting it from epoch 0"))
     return _train_and_evaluate(trainer)
-
-
-def _resume_state(run_dir: Path, spec: ir.Spec, emit: Emit) -> tuple[dict[str, Any] | None, bool]:
-    """Rank 0, before any data is loaded: (the last checkpoint or None, whether every epoch
-    is trained). Drops half-written checkpoint files and repairs metrics.jsonl.
-
-    Raises:
-        TapscError: the folder is not writable, or epochs are recorded but their checkpoint is gone.
-    """
-    run_dir = Path(run_dir)
-    ensure_writable_folder(run_dir, flag=None, what="the run directory")
-    folder = run_dir / rundir.CHECKPOINTS
-    for stale in folder.glob(".*.tmp"):  # a write the kill cut short
-        stale.unlink(missing_ok=True)
-    recorded, dropped = rundir.read_metrics(run_dir)
-    last = rundir.checkpoint_path(run_dir, "last")
-    if not last.is_file():
-        if recorded:
-            what = "folder" if not folder.is_dir() else "last.pt"
-            raise TapscError(Diagnostic(
-                code="missing-checkpoint",
-                message=f"{run_dir} records {len(recorded)} finished epoch(s) in {rundir.METRICS}, but its "
-                        f"checkpoint {what} is gone ({last})",
-                help=f"restore {rundir.CHECKPOINTS}/ from a copy, or start again with `tapsc run {run_dir}/"
-                     f"{rundir.SPEC} --out NEW_DIR` (the spec as given; add the `--set`s of ir.json)"))
-        folder.mkdir(exist_ok=True)
-        if dropped is not None:
-            rundir.write_metrics(run_dir, [])
-            emit(Note(f"{dropped}", warning=True))
-        return None, False
-    state = rundir.read_checkpoint(last)
-    if dropped is not None or len(recorded) != len(state["metrics"]):
-        rundir.write_metrics(run_dir, list(state["metrics"]))
-        detail = dropped or f"{rundir.METRICS} held {len(recorded)} epoch(s), the checkpoint {len(state['metrics'])}"
-        emit(Note(f"repaired {rundir.METRICS} from the checkpoint: {detail}", warning=True))
-    return state, state["epoch"] + 1 >= spec.optimizer.epochs
 
 
 def _note_world_size(state: dict[str, Any], trainer: Trainer) -> None:

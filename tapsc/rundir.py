@@ -29,6 +29,8 @@ import torch
 
 from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.events import Emit, Note
+from tapsc.outputs import ensure_writable_folder
 
 SPEC = "spec.taps"
 IR = "ir.json"
@@ -251,3 +253,60 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     network = compile_network(spec)
     network.load_state_dict(state["model"])
     return spec, network.to(device).eval()
+
+
+# ---------------------------------------------------------------- the training state
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def training_state(network: torch.nn.Module, optimizer, scheduler, *, epoch: int, metrics: list[dict[str, Any]],
+                   best: dict[str, Any] | None, seed: int, world_size: int, rng: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run needs to continue after epoch ``epoch`` exactly: what a checkpoint holds."""
+    return {"format": CHECKPOINT_FORMAT, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng, "metrics": metrics, "best": best,
+            "seed": seed, "world_size": world_size}
+
+
+def restore_training_state(state: dict[str, Any], network: torch.nn.Module, optimizer, scheduler) -> None:
+    """Load a checkpoint's weights, optimizer and scheduler state (the caller restores the rest)."""
+    network.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+
+
+def resume_state(run_dir: Path, spec: ir.Spec, emit: Emit) -> tuple[dict[str, Any] | None, bool]:
+    """Rank 0, before any data is loaded: (the last checkpoint or None, whether every epoch
+    is trained). Drops half-written checkpoint files and repairs metrics.jsonl.
+
+    Raises:
+        TapscError: the folder is not writable, or epochs are recorded but their checkpoint is gone.
+    """
+    run_dir = Path(run_dir)
+    ensure_writable_folder(run_dir, flag=None, what="the run directory")
+    folder = run_dir / CHECKPOINTS
+    for stale in folder.glob(".*.tmp"):  # a write the kill cut short
+        stale.unlink(missing_ok=True)
+    recorded, dropped = read_metrics(run_dir)
+    last = checkpoint_path(run_dir, "last")
+    if not last.is_file():
+        if recorded:
+            what = "folder" if not folder.is_dir() else "last.pt"
+            raise TapscError(Diagnostic(
+                code="missing-checkpoint",
+                message=f"{run_dir} records {len(recorded)} finished epoch(s) in {METRICS}, but its "
+                        f"checkpoint {what} is gone ({last})",
+                help=f"restore {CHECKPOINTS}/ from a copy, or start again with `tapsc run {run_dir}/"
+                     f"{SPEC} --out NEW_DIR` (the spec as given; add the `--set`s of ir.json)"))
+        folder.mkdir(exist_ok=True)
+        if dropped is not None:
+            write_metrics(run_dir, [])
+            emit(Note(f"{dropped}", warning=True))
+        return None, False
+    state = read_checkpoint(last)
+    if dropped is not None or len(recorded) != len(state["metrics"]):
+        write_metrics(run_dir, list(state["metrics"]))
+        detail = dropped or f"{METRICS} held {len(recorded)} epoch(s), the checkpoint {len(state['metrics'])}"
+        emit(Note(f"repaired {METRICS} from the checkpoint: {detail}", warning=True))
+    return state, state["epoch"] + 1 >= spec.optimizer.epochs

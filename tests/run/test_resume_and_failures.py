@@ -72,8 +72,8 @@ def test_nan_loss_stops_with_epoch_batch_and_term(tmp_path, monkeypatch):
     real = tapsc.method.phase_loss
     calls = {"n": 0}
 
-    def poisoned(network, phase, x, y, eps, eps_target, l1=0.0):
-        loss, terms = real(network, phase, x, y, eps, eps_target, l1=l1)
+    def poisoned(network, phase, x, y, eps, eps_target, l1=0.0, global_mean=None):
+        loss, terms = real(network, phase, x, y, eps, eps_target, l1=l1, global_mean=global_mean)
         calls["n"] += 1
         if calls["n"] == 6 + 2:  # 6 batches per epoch: epoch 1, batch 1
             terms["ibp"] = float("nan")
