@@ -163,7 +163,7 @@ def certified_any(run_dir: Path) -> dict | None:
     import torch
 
     from tapsc import rundir
-    from tapsc.analysis import ibp_margin
+    from tapsc.method.metrics import ibp_margin
     from tapsc.data import load_dataset
 
     rows = json.loads(certify_file.read_text())["samples"]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tapsc import distributed, ir, rundir
+from tapsc import distributed, ir, measures, rundir
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
 from tapsc.lr_schedule import learning_rate
@@ -224,10 +224,11 @@ class Trainer:
         wanted = (*self.spec.eval.metrics, self.spec.eval.select)
         missing = sorted(set(wanted) - set(available(wanted)))
         if self.spec.eval.select in missing:
+            others = available(measures.names(measures.EVAL))
             raise TapscError(Diagnostic(code="no-certifier", span=self.spec.eval.span,
                                         message=f"`select {self.spec.eval.select}` needs tapsc.certify, "
                                                 "which offers no certification in this installation",
-                                        help="select on `taps` (the default) or `ibp`"))
+                                        help=f"select on one of {', '.join(others)}"))
 
     def _check_batch(self) -> None:
         check_batch(self.spec, self.context.world_size)
@@ -393,11 +394,10 @@ class Trainer:
         if not type(phase).robust or eps == 0:
             return None
         if batch % probe_every == 0:
-            from tapsc.evaluate import latent_attack
-            from tapsc.method.metrics import taps_robust
+            from tapsc import margins
 
             x_P, y_P = x_B[:PROBE_SAMPLES], y_B[:PROBE_SAMPLES]
-            tally["robust"] += int(taps_robust(self.network, x_P, y_P, eps, latent_attack(self.spec)).sum())
+            tally["robust"] += int(margins.robust("taps", self.network, x_P, y_P, self.spec, eps).sum())
             tally["probed"] += len(y_P)
         return tally["robust"] / tally["probed"] if tally["probed"] else None
 
