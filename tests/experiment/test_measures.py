@@ -13,6 +13,7 @@ import torch
 
 from tapsc import ir, margins, measures
 from tapsc.compile import compile_network
+from tapsc.errors import TapscError
 from tapsc.measures import ANALYSIS, CERTIFY, EVAL, KINDS, MEASURES, PLACES, SWEEP
 
 COMPUTED = [name for name, m in MEASURES.items() if m.computed]
@@ -98,8 +99,17 @@ def test_verdicts_follow_the_kind(name, tiny):
 
 
 def test_the_ir_accepts_exactly_the_eval_measures():
+    from tapsc.spec import load_spec_text
+
     assert set(typing.get_args(ir.Metric)) == set(measures.names(EVAL))
     assert set(ir.Eval().metrics) <= set(measures.names(EVAL))
+    text = ("data digits { batch 4 }\nmodel { flatten; linear(10) }\nperturbation { eps 0.1 }\n"
+            "method { phase ibp }\noptimizer { epochs 1 }\neval { metrics (%s); select ibp }\n")
+    spec = load_spec_text(text % ", ".join(measures.names(EVAL)), "<test>")  # the spec's keywords are the names
+    assert spec.eval.metrics == measures.names(EVAL)
+    for other in set(MEASURES) - set(measures.names(EVAL)):
+        with pytest.raises(TapscError):
+            load_spec_text(text % other, "<test>")
 
 
 def test_eval_reports_every_eval_measure(tiny):
