@@ -4,8 +4,8 @@ For a test sample (x, y) and the box B = clip(x -+ eps, 0, 1), the worst-case ma
 m* = min over B of min_{j != y} (o_y - o_j) (positive: robust). Each method gives an
 estimate of m*:
 
-- sound lower bounds (m* >= bound): IBP, CROWN-IBP, CROWN (``tapsc.certify``), and the
-  margin bound a ``tapsc certify`` run stored in certify.json;
+- sound lower bounds (m* >= bound): IBP (the network's float32 interval pass), CROWN-IBP,
+  CROWN (``tapsc.certify``), and the margin bound a ``tapsc certify`` run stored in certify.json;
 - an attack, an upper bound (m* <= margin at a point of B): input-space PGD on the margin
   (the clean point included), and the attack margin stored in certify.json;
 - estimates with no guaranteed side: TAPS (multi-estimator PGD in the latent box of the
@@ -17,7 +17,9 @@ anywhere in that box). ``soundness`` counts violations of both (beyond float tol
 Exact verdicts (``certify --merge`` of a complete verifier's checked answers, or the cascade's own) give the
 sign of m* where known.
 
-Nothing here reimplements a bound: each estimate calls tapsc.method or tapsc.certify.
+Nothing here reimplements a bound: each estimate is its measure's margin function
+(`tapsc.margins`, which calls tapsc.method or tapsc.certify), and the estimates are the
+measures `tapsc.measures` shows in analysis.
 
 Shape legend: B batch, K classes.
 """
@@ -32,92 +34,23 @@ from typing import Any
 
 import torch
 
-from tapsc import ir
+from tapsc import ir, measures
 from tapsc.certify.precision import full_float32
 from tapsc.shapes import count_relus, split_index
 
-SOUND = ("ibp", "crown_ibp", "crown")
-ESTIMATES = ("ibp", "crown_ibp", "crown", "sabr", "taps", "pgd")  # loosest sound ... attack
+ESTIMATES = measures.by_kind(measures.names(measures.ANALYSIS))  # loosest sound ... attack
+SOUND = measures.names(measures.ANALYSIS, "sound")
+ATTACKS = measures.names(measures.ANALYSIS, "attack")
 TOLERANCE = 1e-4  # float32 slack when comparing bounds computed by different code paths
-DEFAULT_SABR_LAMBDA = 0.4
-
-
-def _worst(upper_BK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
-    """min_j (o_y - o_j) from upper bounds/estimates of o_j - o_y, (B,)."""
-    return -upper_BK.scatter(1, y_B[:, None], float("-inf")).max(1).values
-
-
-def ibp_margin(network, x_B, y_B, eps: float) -> torch.Tensor:
-    from tapsc.method.input_attack import input_box
-    from tapsc.method.losses import ibp_margin_upper
-
-    with torch.no_grad():
-        return _worst(ibp_margin_upper(network, *input_box(x_B, eps), y_B), y_B)
-
-
-def crown_margin(network, x_B, y_B, eps: float, method: str) -> torch.Tensor:
-    from tapsc.certify import margin_lower_bounds
-
-    with torch.no_grad():
-        return margin_lower_bounds(network, x_B, y_B, eps, method)
-
-
-def pgd_margin(network, x_B, y_B, eps: float, attack: ir.InputAttack) -> torch.Tensor:
-    """The smallest margin PGD (on the margin) finds, the clean point included."""
-    from tapsc.method.input_attack import margin_objective, pgd_attack
-
-    _, worst_B = pgd_attack(network, x_B, y_B, eps, attack.model_copy(update={"loss": "margin"}))
-    with torch.no_grad():
-        clean_B = margin_objective(network(x_B), y_B)
-    return -torch.maximum(worst_B, clean_B)
-
-
-def taps_margin(network, x_B, y_B, eps: float, attack: ir.LatentAttack) -> torch.Tensor:
-    from tapsc.method.input_attack import input_box
-    from tapsc.method.latent_attack import latent_attack, margins_at
-
-    with torch.no_grad():
-        z_lo, z_hi = network.extractor_box(*input_box(x_B, eps))
-    z_BE = latent_attack(network, z_lo, z_hi, y_B, attack)
-    with torch.no_grad():
-        return _worst(margins_at(network, z_BE, y_B, attack.estimator == "multi"), y_B)
-
-
-def sabr_margin(network, x_B, y_B, eps: float, sabr_lambda: float, attack: ir.InputAttack) -> torch.Tensor:
-    from tapsc.method.losses import ibp_margin_upper
-    from tapsc.method.sabr import sabr_box
-
-    lo, hi = sabr_box(network, x_B, y_B, eps, sabr_lambda, attack)
-    with torch.no_grad():
-        return _worst(ibp_margin_upper(network, lo, hi, y_B), y_B)
-
-
-def sabr_settings(spec: ir.Spec) -> tuple[float, ir.InputAttack]:
-    """lambda and input attack of the spec's last SABR/STAPS phase (the paper's MNIST default otherwise)."""
-    for phase in reversed(spec.method.phases):
-        if isinstance(phase, ir.SABRPhase):
-            return phase.sabr_lambda, phase.attack
-        if isinstance(phase, ir.STAPSPhase):
-            return phase.sabr_lambda, phase.input_attack
-    return DEFAULT_SABR_LAMBDA, ir.InputAttack(steps=8)
 
 
 @full_float32()  # the sound bounds among them are compared with verdicts
 def batch_estimates(network, x_B, y_B, spec: ir.Spec, methods: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Every requested estimate of m* for one batch, (B,) each; the network must be in eval mode."""
-    from tapsc.evaluate import latent_attack
+    """Every requested estimate of m* for one batch, (B,) each (`tapsc.margins`); the network
+    must be in eval mode."""
+    from tapsc.margins import margin
 
-    eps = spec.perturbation.eps
-    sabr_lambda, sabr_attack = sabr_settings(spec)
-    compute = {
-        "ibp": lambda: ibp_margin(network, x_B, y_B, eps),
-        "crown_ibp": lambda: crown_margin(network, x_B, y_B, eps, "crown_ibp"),
-        "crown": lambda: crown_margin(network, x_B, y_B, eps, "crown"),
-        "sabr": lambda: sabr_margin(network, x_B, y_B, eps, sabr_lambda, sabr_attack),
-        "taps": lambda: taps_margin(network, x_B, y_B, eps, latent_attack(spec)),
-        "pgd": lambda: pgd_margin(network, x_B, y_B, eps, spec.eval.attack),
-    }
-    return {name: compute[name]().detach().cpu() for name in methods}
+    return {name: margin(name, network, x_B, y_B, spec).detach().cpu() for name in methods}
 
 
 # ---------------------------------------------------------------- stored verdicts
@@ -176,7 +109,7 @@ def sample_records(estimates: dict[str, list[float]], indices: list[int], labels
         row: dict[str, Any] = {"index": index, "label": labels[n], "correct": correct[n]}
         row.update({name: values[n] for name, values in estimates.items()})
         sound = [row[name] for name in SOUND if name in row]
-        attacks = [row["pgd"]] if "pgd" in row else []
+        attacks = [row[name] for name in ATTACKS if name in row]
         verdict = stored.get(index)
         if verdict is not None:
             row["verdict"] = verdict.get("verdict")
@@ -244,8 +177,9 @@ def accuracies(records: list[dict[str, Any]]) -> dict[str, float]:
     return result
 
 
-def taps_correlation(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per sample: how TAPS's verdict and margin track the attack's and the sound bounds'."""
+def taps_agreement(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per sample: how TAPS's verdict and margin track the attack's and the sound bounds'
+    (``summary["taps_correlation"]`` of analysis.json)."""
     def robust(row, name):
         return float(row.get(name) is not None and row[name] > 0 and row["correct"])
 
@@ -269,7 +203,7 @@ def summarize(records: list[dict[str, Any]], names: Sequence[str]) -> dict[str, 
         "soundness": soundness(records),
         "difference_to_tightest_sound": {n: _stats(v) for n, v in diffs["to_sound"].items()},
         "difference_to_strongest_attack": {n: _stats(v) for n, v in diffs["to_attack"].items()},
-        "taps_correlation": taps_correlation(records),
+        "taps_correlation": taps_agreement(records),
     }
 
 
@@ -346,6 +280,7 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
     from tapsc.data import load_dataset
     from tapsc.data.loading import first
     from tapsc.errors import Diagnostic, TapscError
+    from tapsc.method.metrics import natural_correct
     from tapsc.runtime import resolve_device
 
     unknown = [m for m in methods if m not in ESTIMATES]
@@ -368,8 +303,7 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
         x_B, y_B = x_B.to(target).float(), y_B.to(target)
         for name, values in batch_estimates(network, x_B, y_B, spec, methods).items():
             estimates[name] += values.tolist()
-        with torch.no_grad():
-            correct += (network(x_B).argmax(1) == y_B).tolist()
+        correct += natural_correct(network, x_B, y_B).tolist()
         labels += y_B.tolist()
         progress(len(labels), len(test_set))
     stored_name, stored = stored_verdicts(run_dir, spec.perturbation.eps)

@@ -14,10 +14,9 @@ from rich.table import Table
 
 from tapsc.events import (BatchEnded, EpochEnded, EpochStarted, EvalEnded, EvalProgress, EvalStarted, Event, Note,
                           RunFinished, RunStarted)
+from tapsc.measures import MEASURES
 
-METRIC_NAMES = {"natural": "natural", "pgd": "PGD", "ibp": "IBP-certified", "taps": "TAPS",
-                "crown_ibp": "CROWN-IBP-certified", "crown": "CROWN-certified",
-                "complete": "complete-certified"}
+METRIC_NAMES = {name: m.accuracy_label for name, m in MEASURES.items()}  # "IBP-certified", ...
 EPOCH_COLUMNS = ("epoch", "phase", "eps", "lr", "loss", "train nat", "nat", "IBP", "select", "time")
 EPOCH_WIDTHS = (6, 7, 7, 7, 7, 9, 7, 7, 9, 6)
 

@@ -1,9 +1,10 @@
-"""Evaluation of a trained network over a dataset: natural, PGD, IBP-certified, TAPS
-and (through ``tapsc.certify``) CROWN-certified accuracy, always in float32 and eval mode.
+"""Evaluation of a trained network over a dataset: the accuracy of each measure named in
+``eval.metrics`` (natural, PGD, IBP-, CROWN-IBP- and CROWN-certified, TAPS; see
+`tapsc.measures`), always in float32 and eval mode.
 
-Each metric is a function ``(network, x_B, y_B, spec) -> bool tensor (B,)`` in
-``METRICS``; a sample counts for a robust metric only when it is also classified
-correctly (the method's functions guarantee that).
+A sample counts for a measure when `tapsc.margins.robust` says so: by the prediction
+(natural), margin > 0 (PGD), margin > 0 and classified correctly (TAPS), or
+`tapsc.certify`'s verdict (the certified ones).
 
 Shape legend: B batch.
 """
@@ -11,65 +12,17 @@ Shape legend: B batch.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tapsc import ir
+from tapsc import ir, measures
 from tapsc.certify.precision import full_float32
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.events import Emit, EvalEnded, EvalProgress, EvalStarted, ignore
-
-MetricFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, ir.Spec], torch.Tensor]
-
-
-def latent_attack(spec: ir.Spec) -> ir.LatentAttack:
-    """The latent attack of the spec's last TAPS/STAPS phase (TAPS accuracy uses it)."""
-    for phase in reversed(spec.method.phases):
-        if isinstance(phase, (ir.TAPSPhase, ir.STAPSPhase)):
-            return phase.attack
-    return ir.LatentAttack()
-
-
-def _natural(network, x_B, y_B, spec):
-    from tapsc.method.metrics import natural_correct
-
-    return natural_correct(network, x_B, y_B)
-
-
-def _pgd(network, x_B, y_B, spec):
-    from tapsc.method.metrics import pgd_robust
-
-    return pgd_robust(network, x_B, y_B, spec.perturbation.eps, spec.eval.attack)
-
-
-def _taps(network, x_B, y_B, spec):
-    from tapsc.method.metrics import taps_robust
-
-    return taps_robust(network, x_B, y_B, spec.perturbation.eps, latent_attack(spec))
-
-
-def _bound(kind: str) -> MetricFn:
-    """A sound metric: certification's bounds (exact-arithmetic claims, rounding included)."""
-
-    def certified(network, x_B, y_B, spec):
-        from tapsc import certify
-
-        return certify.certified(network, x_B, y_B, spec.perturbation.eps, method=kind)
-
-    return certified
-
-
-METRICS: dict[str, MetricFn] = {
-    "natural": _natural,
-    "pgd": _pgd,
-    "ibp": _bound("ibp"),
-    "taps": _taps,
-    "crown_ibp": _bound("crown_ibp"),
-    "crown": _bound("crown"),
-}
-NEEDS_GRAD = ("pgd", "taps")  # attacks differentiate through the network
+from tapsc.margins import robust
 
 
 @full_float32()
@@ -82,8 +35,8 @@ def evaluate(network: torch.nn.Module, dataset: Dataset, spec: ir.Spec, metrics:
         network: a compiled ``Network`` (put in eval mode here, float32).
         dataset: (image, label) pairs.
         spec: gives eps, the PGD attack (``eval.attack``) and the latent attack.
-        metrics: names from ``METRICS``; CROWN ones are skipped (and listed under
-            "skipped") while ``tapsc.certify`` offers no certification.
+        metrics: measures shown in eval (`tapsc.measures`); sound ones are skipped (and listed
+            under "skipped") while ``tapsc.certify`` offers no certification.
         device: where to evaluate.
         batch: evaluation batch size (default ``eval.batch``).
         emit: receives EvalStarted / EvalProgress / EvalEnded.
@@ -92,10 +45,11 @@ def evaluate(network: torch.nn.Module, dataset: Dataset, spec: ir.Spec, metrics:
     Returns:
         ``{"metrics": {name: accuracy}, "samples": n, "eps": eps, "seconds": {...}, "skipped": [...]}``.
     """
-    unknown = [m for m in metrics if m not in METRICS]
+    known = measures.names(measures.EVAL)
+    unknown = [m for m in metrics if m not in known]
     if unknown:
         raise TapscError(Diagnostic(code="unknown-metric", message=f"unknown metric(s) {unknown}",
-                                    help=f"choose from {', '.join(METRICS)}"))
+                                    help=f"choose from {', '.join(known)}"))
     chosen = tuple(metrics)
     network = network.to(device).float().eval()
     loader = DataLoader(dataset, batch_size=batch or spec.eval.batch, shuffle=False)
@@ -107,8 +61,8 @@ def evaluate(network: torch.nn.Module, dataset: Dataset, spec: ir.Spec, metrics:
         x_B, y_B = x_B.to(device).float(), y_B.to(device)
         for name in chosen:
             started = time.perf_counter()
-            with torch.set_grad_enabled(name in NEEDS_GRAD):
-                correct[name] += int(METRICS[name](network, x_B, y_B, spec).sum())
+            with torch.set_grad_enabled(measures.MEASURES[name].needs_grad):
+                correct[name] += int(robust(name, network, x_B, y_B, spec).sum())
             seconds[name] += time.perf_counter() - started
         done += len(y_B)
         emit(EvalProgress(",".join(chosen), done, len(dataset)))

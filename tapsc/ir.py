@@ -17,6 +17,7 @@ from typing import Annotated, ClassVar, Literal, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
+from tapsc import measures
 from tapsc.data.catalogue import DATASET_NAMES
 
 
@@ -481,8 +482,8 @@ class Optimizer(Node):
 
 # ---------------------------------------------------------------- evaluation and export
 
-METRICS = ("natural", "pgd", "ibp", "crown_ibp", "crown", "taps")
-Metric = Literal["natural", "pgd", "ibp", "crown_ibp", "crown", "taps"]
+METRICS = measures.names(measures.EVAL)  # from tapsc/measures.py, the one table of measures
+Metric = Literal[METRICS]  # type: ignore[valid-type]
 
 
 class Eval(Node):

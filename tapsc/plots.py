@@ -17,14 +17,17 @@ from matplotlib.ticker import MaxNLocator
 
 from tapsc.display import METRIC_NAMES
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.measures import EVAL, MEASURES, names
 
-ACCURACY_COLORS = {"natural": "tab:blue", "pgd": "tab:orange", "taps": "tab:green", "ibp": "tab:red",
-                   "crown_ibp": "tab:purple", "crown": "tab:brown", "certified": "tab:brown",
-                   "complete": "black"}
-ESTIMATE_COLORS = {"ibp": "tab:red", "crown_ibp": "tab:purple", "crown": "tab:brown", "sabr": "tab:pink",
-                   "taps": "tab:green", "pgd": "tab:orange"}
-ESTIMATE_NAMES = {"ibp": "IBP", "crown_ibp": "CROWN-IBP", "crown": "CROWN", "sabr": "SABR", "taps": "TAPS",
-                  "pgd": "PGD"}
+
+def _color(name: str) -> str | None:
+    """A measure's color (`tapsc.measures`); None (matplotlib's cycle) for anything else."""
+    return MEASURES[name].color if name in MEASURES else None
+
+
+def _label(name: str) -> str:
+    """A measure's label ("CROWN-IBP"), or the name itself."""
+    return MEASURES[name].label if name in MEASURES else name
 
 
 def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> Figure:
@@ -77,10 +80,10 @@ def training_curves(history: Sequence[dict[str, Any]], path: Path, title: str = 
         values = [row.get(key) for row in history]
         if any(v is not None for v in values):
             accuracy.plot(epochs, _percent(values), style, label=label)
-    for name in ("natural", "pgd", "ibp", "taps", "crown_ibp", "crown"):
+    for name in names(EVAL):  # what a metrics.jsonl row can hold
         values = [row.get(name) for row in history]
         if any(v is not None for v in values):
-            accuracy.plot(epochs, _percent(values), "-o", markersize=3, color=ACCURACY_COLORS[name],
+            accuracy.plot(epochs, _percent(values), "-o", markersize=3, color=_color(name),
                           label=f"{METRIC_NAMES[name]} (selection split)")
     accuracy.set(title="accuracy per epoch", xlabel="epoch", ylabel="%", ylim=(0, 100))
     accuracy.legend(fontsize="small")
@@ -150,7 +153,7 @@ def sweep_accuracy(rows: Sequence[dict[str, Any]], swept: str, others: Sequence[
                          else METRIC_NAMES.get(metric, metric))
                 positions = [(_number(x) if numeric else xs.index(x)) for x, _ in points]
                 axis.plot(positions, [100 * v for _, v in points], "-o", label=label,
-                          color=None if others else ACCURACY_COLORS.get(metric))
+                          color=None if others else _color(metric))
         axis.set(title=METRIC_NAMES.get(panel[0], panel[0]) if others else "accuracy", xlabel=swept,
                  ylabel="accuracy %")
         if not numeric:
@@ -198,8 +201,8 @@ def margin_histograms(differences: dict[str, dict[str, list[float]]], path: Path
             low, high = low - 0.5, high + 0.5
         bins = [low + (high - low) * i / 40 for i in range(41)]
         for name, values in series.items():
-            axis.hist(values, bins=bins, histtype="step", linewidth=1.5, color=ESTIMATE_COLORS.get(name),
-                      label=f"{ESTIMATE_NAMES.get(name, name)} (n={len(values)})")
+            axis.hist(values, bins=bins, histtype="step", linewidth=1.5, color=_color(name),
+                      label=f"{_label(name)} (n={len(values)})")
         axis.axvline(0, color="black", linewidth=0.8)
         axis.set(title=captions[key], xlabel="margin difference (logit units)", ylabel="samples")
         axis.legend(fontsize="small")
@@ -219,7 +222,7 @@ def margin_scatter(records: Sequence[dict[str, Any]], names: Sequence[str], path
         if pairs:
             xs_all += [p[0] for p in pairs]
             axis.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=8, alpha=0.6,
-                         color=ESTIMATE_COLORS.get(name), label=ESTIMATE_NAMES.get(name, name))
+                         color=_color(name), label=_label(name))
     if xs_all:
         axis.plot([min(xs_all), max(xs_all)], [min(xs_all), max(xs_all)], "k--", linewidth=0.8)
     axis.axhline(0, color="gray", linewidth=0.5)

@@ -314,11 +314,10 @@ class Trainer:
         if not type(phase).robust or eps == 0:
             return None
         if batch % probe_every == 0:
-            from tapsc.evaluate import latent_attack
-            from tapsc.method.metrics import taps_robust
+            from tapsc import margins
 
             x_P, y_P = x_B[:PROBE_SAMPLES], y_B[:PROBE_SAMPLES]
-            tally["robust"] += int(taps_robust(self.network, x_P, y_P, eps, latent_attack(self.spec)).sum())
+            tally["robust"] += int(margins.robust("taps", self.network, x_P, y_P, self.spec, eps).sum())
             tally["probed"] += len(y_P)
         return tally["robust"] / tally["probed"] if tally["probed"] else None
 

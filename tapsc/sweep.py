@@ -36,16 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tapsc import measures
 from tapsc.errors import Diagnostic, TapscError
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: a signal for this process when its parent dies
 
 SWEEP_JSON, SWEEP_CSV = "sweep.json", "sweep.csv"
 POINT_LOG = "sweep.log"  # a parallel point's stdout and stderr, inside its run directory
-# "complete": certified accuracy after `tapsc verify` (a complete verifier on the cascade's unknown
-# samples), read from the run's certify.json; the others from results.json
-METRIC_COLUMNS = ("natural", "pgd", "ibp", "taps", "crown_ibp", "crown", "complete")
-CERTIFIED_ORDER = ("complete", "crown", "crown_ibp", "ibp")  # the tightest certified accuracy a point has
+# the measures shown in a sweep (tapsc/measures.py): the computed ones from results.json, "complete"
+# (certified accuracy after `tapsc verify`, a complete verifier on the cascade's unknown samples) from
+# the run's certify.json
+METRIC_COLUMNS = measures.names(measures.SWEEP)
+CERTIFIED_ORDER = measures.names(measures.SWEEP, "sound")[::-1]  # the tightest certified accuracy a point has
 _OPEN, _CLOSE = "([{", ")]}"
 
 
@@ -492,8 +494,9 @@ def certified_column(rows: Sequence[dict[str, Any]]) -> str | None:
     return None
 
 
-def taps_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Table 9 over the points: TAPS accuracy against PGD and certified accuracy."""
+def taps_accuracy_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Table 9 over the points: TAPS accuracy against PGD and certified accuracy (sweep.json's
+    ``correlation``)."""
     from tapsc.analysis import correlation
 
     done = [r for r in rows if r["status"] == "done" and r.get("taps") is not None]

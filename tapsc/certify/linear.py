@@ -35,12 +35,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from tapsc import measures
 from tapsc.certify import rounding, rules
 from tapsc.certify.graph import Graph, build_graph
 from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import CERTIFY_DTYPE
 
-METHODS = ("ibp", "crown_ibp", "crown", "alpha_crown")  # every bound method, loosest first
+METHODS = measures.names(measures.CERTIFY)  # every bound method, loosest first (tapsc/measures.py)
 DEFAULT_METHODS = ("ibp", "crown_ibp", "crown")  # the cascade's default
 # alpha-CROWN's optimiser: auto_LiRPA's defaults (optimize_bound_args: Adam, 20 iterations,
 # lr_alpha 0.5, ExponentialLR decay 0.98, keep the best bound of every row).

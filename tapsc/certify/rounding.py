@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from tapsc.measures import input_box
+
 CERTIFY_DTYPE = torch.float64  # the dtype bound computations run in (float32 weights convert exactly)
 
 
@@ -81,7 +83,4 @@ def magnitude_of(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 def perturbation_box(x: torch.Tensor, eps: float, dtype: torch.dtype = CERTIFY_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
     """The l_inf box clip(x -+ eps, 0, 1) in ``dtype``, rounded outward so that it contains
     the exact box of the real number ``eps`` around the stored ``x`` (pixel units)."""
-    x = x.to(dtype)
-    lo = round_down(x - eps).clamp(0, 1)
-    hi = round_up(x + eps).clamp(0, 1)
-    return lo, hi
+    return input_box(x.to(dtype), eps, outward=(round_down, round_up))

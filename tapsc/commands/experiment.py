@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tapsc import measures
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
@@ -51,7 +52,7 @@ def sweep_command(
     """Train every point of a grid of `--set` values; write sweep.csv, a table and plots."""
     from tapsc.display import make_display
     from tapsc.run import RunOptions
-    from tapsc.sweep import Sweep, check_parallel, default_folder, plot, run_sweep, taps_correlation
+    from tapsc.sweep import Sweep, check_parallel, default_folder, plot, run_sweep, taps_accuracy_correlation
 
     check_parallel(parallel)
     if resume is not None:
@@ -83,7 +84,7 @@ def sweep_command(
 
     rows = run_sweep(sweep, options, lambda point: make_display(console), on_point, parallel=parallel)
     console.print(sweep_table(sweep, rows))
-    correlation = taps_correlation(rows)
+    correlation = taps_accuracy_correlation(rows)
     _print_correlation(correlation)
     paths = plot(sweep, rows)
     manifest = json.loads((sweep.folder / "sweep.json").read_text())
@@ -116,7 +117,8 @@ def sweep_table(sweep, rows: Sequence[dict[str, Any]]) -> Table:
 
 
 def _print_correlation(correlation: dict[str, Any]) -> None:
-    for key, label in (("taps_vs_pgd", "PGD"), ("taps_vs_certified", correlation.get("certified_metric"))):
+    pgd = measures.MEASURES["pgd"].label
+    for key, label in (("taps_vs_pgd", pgd), ("taps_vs_certified", correlation.get("certified_metric"))):
         value = correlation.get(key)
         if value and value.get("pearson") is not None:
             console.print(f"correlation of TAPS accuracy with {label} accuracy over {correlation['points']} points: "
@@ -164,13 +166,19 @@ def plot_command(
 # ---------------------------------------------------------------- tapsc analyze
 
 
+def _estimates_by_kind() -> str:
+    """The estimates grouped by kind for `--methods`' help: "ibp, crown_ibp, crown (sound), ..."."""
+    groups = [(kind, measures.names(measures.ANALYSIS, kind)) for kind in measures.KINDS]
+    return ", ".join(f"{', '.join(group)} ({kind})" for kind, group in groups if group)
+
+
 @app.command("analyze")
 @user_errors_exit
 def analyze_command(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories made by `tapsc run`."),
     samples: int = typer.Option(200, "--samples", min=1, help="The first N test samples."),
-    methods: str = typer.Option("ibp,crown_ibp,crown,sabr,taps,pgd", "--methods",
-                                help="Estimates: ibp, crown_ibp, crown (sound), sabr, taps, pgd (attack)."),
+    methods: str = typer.Option(",".join(measures.by_kind(measures.names(measures.ANALYSIS))), "--methods",
+                                help=f"Estimates: {_estimates_by_kind()}."),
     which: str = typer.Option("best", "--checkpoint", help="best or last."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the outputs (default RUN_DIR/analysis)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Batch size (default eval.batch)."),
@@ -242,15 +250,13 @@ def _progress(description: str):
 
 
 def analysis_table(result: dict[str, Any]) -> Table:
-    from tapsc.plots import ESTIMATE_NAMES
-
     summary = result["summary"]
     table = Table(title=f"{escape(result['run'])}: worst-case margin estimates on {result['samples']} samples "
                         f"(eps {result['eps']:g})")
     for column in ("estimate", "robust", "mean gap to tightest sound", "mean gap to strongest attack"):
         table.add_column(column, justify="left" if column == "estimate" else "right")
     for name in result["methods"]:
-        table.add_row(ESTIMATE_NAMES.get(name, name), _percent(summary["accuracy"].get(name)),
+        table.add_row(measures.MEASURES[name].label, _percent(summary["accuracy"].get(name)),
                       _number(summary["difference_to_tightest_sound"][name]["mean"]),
                       _number(summary["difference_to_strongest_attack"][name]["mean"]))
     if result.get("stored"):
@@ -263,7 +269,8 @@ def analysis_table(result: dict[str, Any]) -> Table:
 
 
 def _print_run_correlation(result: dict[str, Any]) -> None:
-    for other, label in (("pgd", "PGD"), ("tightest_sound", "certified (tightest sound bound)")):
+    pgd = measures.MEASURES["pgd"].label
+    for other, label in (("pgd", pgd), ("tightest_sound", "certified (tightest sound bound)")):
         value = result["summary"]["taps_correlation"].get(other)
         if value:
             console.print(f"TAPS vs {label}: verdicts agree on {100 * value['verdict_agreement']:.1f}% of samples "

@@ -30,16 +30,16 @@ from typing import TextIO
 import numpy as np
 
 from tapsc.errors import UnsupportedExport
+from tapsc.measures import input_box
 
 
 def _number(value: float) -> str:
     return np.format_float_positional(float(value), unique=True, trim="0")
 
 
-def input_box(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """The flat (row-major) box clip(x -+ eps, 0, 1) in float64."""
-    flat = np.asarray(x, dtype=np.float32).astype(np.float64).reshape(-1)
-    return np.clip(flat - eps, 0.0, 1.0), np.clip(flat + eps, 0.0, 1.0)
+def property_box(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The flat (row-major) box clip(x -+ eps, 0, 1) in float64, from the float32 image."""
+    return input_box(np.asarray(x, dtype=np.float32).astype(np.float64).reshape(-1), eps)
 
 
 def write_property(out: TextIO, x: np.ndarray, label: int, num_classes: int, eps: float,
@@ -54,7 +54,7 @@ def write_property(out: TextIO, x: np.ndarray, label: int, num_classes: int, eps
                                 help="VNN-LIB properties are linear constraints; only linf balls are boxes")
     if not 0 <= label < num_classes or num_classes < 2:
         raise ValueError(f"label {label} outside 0..{num_classes - 1}")
-    lo, hi = input_box(x, eps)
+    lo, hi = property_box(x, eps)
     write = out.write
     if comment:
         write("".join(f"; {line}\n" for line in comment.splitlines()))

@@ -1,6 +1,7 @@
 """PGD in input space (Madry et al.), batched over restarts.
 
-The box is clip(x -+ eps, 0, 1) in [0, 1] pixel units (or any explicit [lo, hi]).
+The box is clip(x -+ eps, 0, 1) in [0, 1] pixel units (`tapsc.measures.input_box`; or any
+explicit [lo, hi]).
 Every restart starts uniformly at random in the box and they run as one (R*B) batch;
 the best iterate per sample over restarts and steps (random starts included) wins.
 Step size: ``step_size * eps`` (IR fraction), default 2.5 / steps of eps (Madry).
@@ -9,7 +10,7 @@ In training mode BatchNorm must not see the attack batch: the attack runs under
 ``network.frozen_batchnorm(detach=True)``, so the clean forward of the batch must come
 first (see tapsc.layers.batchnorm).
 
-Shape legend: B batch, R restarts, K classes.
+Shape legend: B batch, R restarts, K classes, X the per-sample input shape.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tapsc import ir
+from tapsc.measures import input_box  # the box clip(x -+ eps, 0, 1); imported from here by the method modules
 
 
 def margin_objective(logits_BK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
@@ -34,11 +36,6 @@ def ce_objective(logits_BK: torch.Tensor, y_B: torch.Tensor) -> torch.Tensor:
 
 
 OBJECTIVES = {"ce": ce_objective, "margin": margin_objective}
-
-
-def input_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The l_inf ball around x intersected with [0, 1]."""
-    return (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
 
 
 def pgd_attack(network, x: torch.Tensor, y: torch.Tensor, eps: float, attack: ir.InputAttack,
@@ -77,3 +74,37 @@ def pgd_attack(network, x: torch.Tensor, y: torch.Tensor, eps: float, attack: ir
     winner_B = value_RB.argmax(0)
     rows_B = winner_B * batch + torch.arange(batch, device=x.device)
     return best_x[rows_B], value_RB.max(0).values
+
+
+def pgd_margin_attack(network, x_BX: torch.Tensor, y_B: torch.Tensor, eps: float, attack: ir.InputAttack,
+                      recheck: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The worst point for the margin that PGD finds in the box clip(x -+ eps, 0, 1), the
+    clean point x included: the PGD of every margin measure (accuracy, estimate, falsification).
+
+    PGD runs on the margin objective whatever ``attack.loss`` names (a CE optimum is not a
+    margin optimum), with the attack's steps and restarts.
+
+    Args:
+        network: any module mapping inputs to logits (a tapsc Network freezes BatchNorm).
+        x_BX, y_B: inputs (B, *X) and labels (B,).
+        eps: the radius, [0, 1] pixel units.
+        attack: PGD settings (steps, restarts, step size).
+        recheck: clip the PGD point to the box and evaluate it afresh, so that the margin is
+            a value of the returned point computed outside the loop (falsification verdicts
+            rest on it); otherwise the margin is the best value PGD saw.
+
+    Returns:
+        ``(point_BX, margin_B)``: the point and its margin max_{j != y} o_j - o_y (>= 0: some
+        class j != y scores at least as high as y there), detached.
+    """
+    with torch.no_grad():
+        clean_B = margin_objective(network(x_BX), y_B)
+    point_BX, margin_B = pgd_attack(network, x_BX, y_B, eps, attack.model_copy(update={"loss": "margin"}))
+    if recheck:
+        lo_BX, hi_BX = input_box(x_BX, eps)
+        with torch.no_grad():
+            point_BX = torch.minimum(torch.maximum(point_BX, lo_BX), hi_BX)
+            margin_B = margin_objective(network(point_BX), y_B)
+    use_clean_B = clean_B > margin_B
+    point_BX = torch.where(use_clean_B.reshape(-1, *[1] * (x_BX.dim() - 1)), x_BX, point_BX)
+    return point_BX, torch.maximum(margin_B, clean_B)

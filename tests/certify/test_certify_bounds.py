@@ -16,6 +16,7 @@ from torch import nn
 
 from tapsc import ir
 from tapsc.certify.linear import METHODS, LinearBounds, spec_matrix
+from tapsc.measures import input_box
 
 
 def box_points(lo, hi, samples=300, seed=0):
@@ -26,10 +27,11 @@ def box_points(lo, hi, samples=300, seed=0):
     return lo + u * (hi - lo)
 
 
-def input_box(shape, batch, eps, seed):
+def random_box(shape, batch, eps, seed):
+    """Random inputs (B, *shape) in [0, 1] and their perturbation box."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((batch, *shape), generator=generator)
-    return x, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    return (x, *input_box(x, eps))
 
 
 def in_float64(network):
@@ -51,7 +53,7 @@ def empirical_margins(network, points, labels, num_classes):
 @pytest.mark.parametrize("eps", [0.01, 0.1])
 def test_margin_bounds_below_every_sampled_margin(seed, eps):
     network = random_network(seed)
-    x, lo, hi = input_box(network.input_shape, 3, eps, seed)
+    x, lo, hi = random_box(network.input_shape, 3, eps, seed)
     labels = network(x).argmax(1)
     margins_PBS = empirical_margins(network, box_points(lo, hi, seed=seed), labels, network.num_classes)
     bounds = LinearBounds(network.layers)
@@ -65,7 +67,7 @@ def test_margin_bounds_below_every_sampled_margin(seed, eps):
 @pytest.mark.parametrize("method", ["ibp", "crown"])
 def test_every_intermediate_box_contains_the_sampled_values(method):
     network = random_network(3)
-    _, lo, hi = input_box(network.input_shape, 2, 0.08, 3)
+    _, lo, hi = random_box(network.input_shape, 2, 0.08, 3)
     bounds = LinearBounds(network.layers)
     with torch.no_grad():
         boxes = bounds.node_boxes(lo, hi, method)
@@ -87,7 +89,7 @@ def test_affine_network_bound_is_the_exact_minimum():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.BatchNorm1d(7), nn.Linear(7, 4)).eval()
     model[2].running_mean.normal_()
     model[2].running_var.uniform_(0.5, 2)
-    _, lo, hi = input_box((3, 2, 2), 4, 0.1, 0)
+    _, lo, hi = random_box((3, 2, 2), 4, 0.1, 0)
     labels = torch.tensor([0, 1, 2, 3])
     model64 = in_float64(model)
     W = model64[3].weight @ torch.diag(model64[2].weight / (model64[2].running_var + 1e-5).sqrt()) @ model64[1].weight
@@ -106,7 +108,7 @@ def test_plain_torch_modules_are_bounded_soundly():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
                           nn.AvgPool2d(2, 1), nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
-    x, lo, hi = input_box((2, 6, 6), 3, 0.05, 1)
+    x, lo, hi = random_box((2, 6, 6), 3, 0.05, 1)
     labels = model(x).argmax(1)
     margins_PBS = empirical_margins(model, box_points(lo, hi), labels, 3)
     for method in METHODS:
@@ -119,7 +121,7 @@ def test_vector_network_with_small_eps_is_certified_by_crown():
     layers = (ir.Linear(out_features=16), ir.BatchNorm(), ir.ReLU(), ir.Linear(out_features=16), ir.ReLU(),
               ir.Linear(out_features=3))
     network = random_network(5, layers=layers, input_shape=(6,), normalize=False)
-    x, lo, hi = input_box((6,), 8, 1e-4, 5)
+    x, lo, hi = random_box((6,), 8, 1e-4, 5)
     labels = network(x).argmax(1)
     bound_BS = LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown")
     margins_PBS = empirical_margins(network, box_points(lo, hi), labels, 3)
@@ -129,7 +131,7 @@ def test_vector_network_with_small_eps_is_certified_by_crown():
 
 def test_crown_chunks_give_the_same_bounds():
     network = random_network(6)
-    _, lo, hi = input_box(network.input_shape, 2, 0.05, 6)
+    _, lo, hi = random_box(network.input_shape, 2, 0.05, 6)
     labels = torch.tensor([0, 1])
     whole = LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown")
     chunked = LinearBounds(network.layers, chunk_elements=500).margin_lower_bounds(lo, hi, labels, "crown")
@@ -142,7 +144,7 @@ def test_two_input_network_against_a_dense_grid(seed):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     x = torch.rand(1, 2)
-    lo, hi = (x - 0.3).clamp(0, 1), (x + 0.3).clamp(0, 1)
+    lo, hi = input_box(x, 0.3)
     grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 201), torch.linspace(0, 1, 201), indexing="ij"), -1)
     points = (lo + grid.reshape(-1, 2) * (hi - lo))
     labels = torch.tensor([seed % 3])
@@ -160,7 +162,7 @@ def test_ibp_certification_bounds_the_margin_through_the_last_layer(seed):
 
     network = random_network(seed)
     network.eval()
-    x, lo, hi = input_box(network.input_shape, 4, 0.02, seed)
+    x, lo, hi = random_box(network.input_shape, 4, 0.02, seed)
     labels = network(x).argmax(1)
     bounds = LinearBounds(network.layers)
     certify_BS = bounds.margin_lower_bounds(lo, hi, labels, "ibp")
@@ -180,7 +182,7 @@ def test_ibp_certification_bounds_the_margin_through_the_last_layer(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_alpha_crown_is_never_looser_than_crown_and_tighter_somewhere(seed):
     network = random_network(seed)
-    x, lo, hi = input_box(network.input_shape, 4, 0.03, seed)
+    x, lo, hi = random_box(network.input_shape, 4, 0.03, seed)
     labels = network(x).argmax(1)
     bounds = LinearBounds(network.layers)
     crown = bounds.margin_lower_bounds(lo, hi, labels, "crown")
@@ -201,7 +203,7 @@ def test_bounds_can_be_taken_of_a_network_fresh_from_a_training_forward():
     bounds = LinearBounds(network.layers)
     assert network.training and [m.batch_mean for m in network.modules() if hasattr(m, "batch_mean")] == recorded
     network.eval()
-    _, lo, hi = input_box(network.input_shape, 2, 0.01, 7)
+    _, lo, hi = random_box(network.input_shape, 2, 0.01, 7)
     labels = torch.tensor([0, 1])
     torch.testing.assert_close(bounds.margin_lower_bounds(lo, hi, labels, "crown"),
                                LinearBounds(network.layers).margin_lower_bounds(lo, hi, labels, "crown"))

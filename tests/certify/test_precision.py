@@ -42,11 +42,11 @@ def test_full_float32_turns_tf32_off_and_restores_it(tf32_on):
 def test_evaluation_metrics_run_without_tf32(tf32_on, monkeypatch):
     seen = []
 
-    def recording_metric(network, x_B, y_B, spec):
+    def recording_verdict(name, network, x_B, y_B, spec):
         seen.append(tf32_state())
         return torch.ones(len(y_B), dtype=torch.bool)
 
-    monkeypatch.setitem(evaluate_module.METRICS, "ibp", recording_metric)
+    monkeypatch.setattr(evaluate_module, "robust", recording_verdict)
     spec = load_spec_text("data digits { batch 4 }\nmodel { flatten; linear(10) }\nperturbation { eps 0.1 }\n"
                           "method { phase ibp }\noptimizer { epochs 1 }\neval { metrics (ibp); select ibp }\n", "<test>")
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))

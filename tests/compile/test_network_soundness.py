@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tapsc import ir
 from tapsc.compile import compile_network
+from tapsc.measures import input_box
 
 from compile_helpers import assert_contains, make_spec, sample_box
 
@@ -58,7 +59,7 @@ def _check_network(layers, seed: int, eps: float, train: bool, normalize: bool, 
             bn.running_mean.normal_(generator=generator)
             bn.running_var.uniform_(0.2, 2.0, generator=generator)
     network(x)  # clean forward first: records the batch statistics in train mode
-    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    lo, hi = input_box(x, eps)
     trace = network.interval_trace(lo, hi)
     points = sample_box(lo, hi, 48, generator)
     with network.frozen_batchnorm(detach=True):

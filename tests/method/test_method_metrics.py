@@ -1,11 +1,11 @@
-"""Per-sample metrics: the order certified <= adversarially robust <= correct holds per sample."""
+"""Per-sample margins: the order certified <= adversarially robust <= correct holds per sample."""
 
 from __future__ import annotations
 
 import torch
 
 from tapsc import ir
-from tapsc.method.metrics import ibp_certified, natural_correct, pgd_robust, taps_robust
+from tapsc.method.metrics import clean_margin, ibp_margin, natural_correct, pgd_margin, taps_margin
 
 from method_helpers import batch, build
 
@@ -28,9 +28,10 @@ def test_metric_inclusions_per_sample():
     certified = []
     for eps in (0.0, 0.01, 0.03):
         nat = natural_correct(network, x, y)
-        pgd = pgd_robust(network, x, y, eps, ir.InputAttack(steps=10, restarts=2))
-        ibp = ibp_certified(network, x, y, eps)
-        taps = taps_robust(network, x, y, eps, ir.LatentAttack(steps=10))
+        pgd = pgd_margin(network, x, y, eps, ir.InputAttack(steps=10, restarts=2)) > 0
+        ibp = ibp_margin(network, x, y, eps) > 0
+        taps = (taps_margin(network, x, y, eps, ir.LatentAttack(steps=10)) > 0) & nat
+        assert torch.equal(clean_margin(network, x, y) > 0, nat)  # no exact ties here
         assert (ibp <= pgd).all() and (pgd <= nat).all() and (ibp <= taps).all() and (taps <= nat).all()
         assert nat.dtype == torch.bool and nat.shape == (32,)
         if eps == 0.0:
@@ -45,8 +46,8 @@ def test_metrics_restore_training_mode_and_run_in_eval():
     network.train()
     x, y = batch(4)
     before = [bn.running_mean.clone() for bn in network.batchnorm_layers()]
-    taps_robust(network, x, y, 0.05, ir.LatentAttack(steps=2))
-    pgd_robust(network, x, y, 0.05, ir.InputAttack(steps=2))
+    taps_margin(network, x, y, 0.05, ir.LatentAttack(steps=2))
+    pgd_margin(network, x, y, 0.05, ir.InputAttack(steps=2))
     assert network.training
     for old, bn in zip(before, network.batchnorm_layers()):
         assert torch.equal(old, bn.running_mean)

@@ -129,17 +129,17 @@ def test_rows_say_where_the_training_time_went(finished_run):
 
 
 def test_running_taps_probes_are_capped_per_epoch(tmp_path, monkeypatch):
-    from tapsc import run
-    from tapsc.method import metrics
+    from tapsc import margins, run
 
     probed = []
-    real = metrics.taps_robust
+    real = margins.robust
 
-    def counting(network, x, y, eps, attack):
-        probed.append(len(y))
-        return real(network, x, y, eps, attack)
+    def counting(name, network, x, y, spec, eps=None):
+        if name == "taps":
+            probed.append(len(y))
+        return real(name, network, x, y, spec, eps)
 
-    monkeypatch.setattr(metrics, "taps_robust", counting)
+    monkeypatch.setattr(margins, "robust", counting)
     monkeypatch.setattr(run, "PROBE_EVERY", 1)
     monkeypatch.setattr(run, "PROBES_PER_EPOCH", 2)  # 4 batches per epoch: batches 0 and 2
     spec = write_spec(tmp_path, TINY_SPEC.replace("epochs 4", "epochs 3").replace("decay 0.5 at (3)", "decay 0.5 at (2)"))
