@@ -65,7 +65,7 @@ def _check_network(layers, seed: int, eps: float, train: bool, normalize: bool, 
     with network.frozen_batchnorm(detach=True):
         for index, layer in enumerate(network.layers):
             points = layer(points)
-            assert_contains(*trace[index], points, f"layer {index} ({layer.kind})")
+            assert_contains(*trace[index], points, f"layer {index} ({layer.kind})", depth=index + 1)
 
 
 @settings(max_examples=30, deadline=None)
