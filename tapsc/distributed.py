@@ -13,9 +13,9 @@ Three parts, all thin layers over PyTorch's own machinery:
   process, so the single-process path stays exactly what it was.
 - **BatchNorm synchronisation** (``distributed { sync_batchnorm true }``): tapsc's
   BatchNorm is its own layer (it records batch statistics for the interval and attack
-  passes), so ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does not apply; the
-  subclass here computes the batch mean and variance over every rank with the
-  differentiable all-reduce (``_AllReduceSum``).
+  passes), so ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does not apply; its
+  ``statistics`` hook is set to ``global_statistics``, the batch mean and variance over every
+  rank with the differentiable all-reduce (``_AllReduceSum``).
 
 ``device_for_slot`` places independent jobs (e.g. sweep grid points) on the GPUs.
 
@@ -313,31 +313,24 @@ def main_first(fn: Callable[[], T], context: Context) -> T:
 # ---------------------------------------------------------------- synchronised BatchNorm
 
 
-class SyncBatchNorm(BatchNorm):
-    """tapsc BatchNorm whose training statistics are those of the global batch.
+def global_statistics(x: torch.Tensor, reduce_dims: tuple[int, ...]):
+    """BatchNorm's statistics hook for data-parallel training: (mean, biased variance,
+    unbiased variance) per channel of the GLOBAL batch.
 
-    The mean and the (biased) variance are computed in two passes, each one
-    differentiable all-reduce of per-channel sums (its backward all-reduces the
-    gradient, so the loss on every rank reaches the inputs on every rank, as in
-    ``torch.nn.SyncBatchNorm``). Only the clean forward records statistics; interval
-    and attack passes reuse them, so each batch costs two small all-reduces per layer.
-    A subclass, so the certifier's rules (looked up along the MRO) still apply.
+    Two passes, each one differentiable all-reduce of per-channel sums (its backward all-reduces
+    the gradient, so the loss on every rank reaches the inputs on every rank, as in
+    ``torch.nn.SyncBatchNorm``). Only the clean forward records statistics; interval and attack
+    passes reuse them, so each batch costs two small all-reduces per layer.
     """
-
-    def _record(self, x: torch.Tensor) -> None:
-        all_reduce = _AllReduceSum.apply
-        x32 = x.float()  # under autocast, bf16 sums and counts would be too coarse
-        count_local = x32.new_tensor([x.numel() // x.shape[1]])
-        sums = all_reduce(torch.cat([x32.sum(self.reduce_dims), count_local]))
-        count = sums[-1].detach()
-        mean = sums[:-1] / count
-        var = all_reduce((x32 - mean.reshape(self.view)).square().sum(self.reduce_dims)) / count
-        self.batch_mean, self.batch_var = mean, var
-        with torch.no_grad():
-            unbiased = var * (count / (count - 1).clamp(min=1))
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
-            self.num_batches_tracked += 1
+    all_reduce = _AllReduceSum.apply
+    x32 = x.float()  # under autocast, bf16 sums and counts would be too coarse
+    count_local = x32.new_tensor([x.numel() // x.shape[1]])
+    sums = all_reduce(torch.cat([x32.sum(reduce_dims), count_local]))
+    count = sums[-1].detach()
+    mean = sums[:-1] / count
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    var = all_reduce((x32 - mean.reshape(view)).square().sum(reduce_dims)) / count
+    return mean, var, var * (count / (count - 1).clamp(min=1))
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -359,12 +352,13 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def sync_batchnorm(network: torch.nn.Module) -> int:
-    """Make every tapsc BatchNorm of ``network`` a ``SyncBatchNorm`` (same parameters and
-    buffers, same state dict); returns how many were converted."""
+    """Give every tapsc BatchNorm of ``network`` the global batch's statistics (its
+    ``statistics`` hook becomes ``global_statistics``; parameters, buffers and state dict stay
+    as they are); returns how many were switched."""
     count = 0
     for module in network.modules():
-        if type(module) is BatchNorm:
-            module.__class__ = SyncBatchNorm  # no copy: the optimizer keeps the same parameters
+        if isinstance(module, BatchNorm) and module.statistics is not global_statistics:
+            module.statistics = global_statistics
             count += 1
     return count
 

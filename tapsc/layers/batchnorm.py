@@ -34,6 +34,14 @@ from tapsc.shapes import Shape
 STATS_MODES = ("record", "reuse", "reuse_detached")
 
 
+def local_statistics(x: torch.Tensor, reduce_dims: tuple[int, ...]):
+    """(mean, biased variance, unbiased variance) per channel of this process's batch ``x``."""
+    mean = x.mean(reduce_dims)
+    var = x.var(reduce_dims, unbiased=False)
+    count = x.numel() // x.shape[1]
+    return mean, var, var * (count / max(count - 1, 1))
+
+
 @register_layer("batchnorm")
 class BatchNorm(BoundLayer):
     """BatchNorm over dim 1 for (B, C, H, W) or (B, D); state dict keys as nn.BatchNorm."""
@@ -53,6 +61,9 @@ class BatchNorm(BoundLayer):
         self.constant_affine: tuple[torch.Tensor, torch.Tensor] | None = None  # "reuse_detached" only
         self.batch_mean: torch.Tensor | None = None
         self.batch_var: torch.Tensor | None = None
+        # the hook that computes the training statistics, ``local_statistics`` by default;
+        # tapsc.distributed.sync_batchnorm sets the global batch's (two all-reduces)
+        self.statistics = local_statistics
 
     @classmethod
     def build(cls, node: ir.BatchNorm, in_shape: Shape):
@@ -77,12 +88,9 @@ class BatchNorm(BoundLayer):
         return m * scale.abs() + shift.abs()
 
     def _record(self, x: torch.Tensor) -> None:
-        mean = x.mean(self.reduce_dims)
-        var = x.var(self.reduce_dims, unbiased=False)
+        mean, var, unbiased = self.statistics(x, self.reduce_dims)
         self.batch_mean, self.batch_var = mean, var
         with torch.no_grad():
-            count = x.numel() // x.shape[1]
-            unbiased = var * (count / max(count - 1, 1))
             # Under autocast the batch statistics may be bf16/fp16; the running buffers stay float32.
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
             self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
