@@ -1,12 +1,15 @@
-"""Timing and peak memory of one call: torch only, so that the peer drivers
-(``peer_drivers/``), which run in other projects' environments without tapsc, measure
-exactly as the tapsc benchmarks do.
+"""Timing and peak memory of one call, and the benchmarks' output: torch only, so that the
+peer drivers (``peer_drivers/``), which run in other projects' environments without tapsc,
+measure exactly as the tapsc benchmarks do.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -69,3 +72,19 @@ def peak_memory_bytes(fn, device: torch.device) -> int:
         live += nbytes
         peak = max(peak, live)
     return int(peak)
+
+
+def log(message: str) -> None:
+    """A progress line, on stderr (stdout holds the tables)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, result: dict) -> None:
+    """The benchmark's result as indented JSON (folders made as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def settings(args) -> dict:
+    """The parsed command line, JSON-ready (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
 import platform
 import sys
@@ -43,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import SHAPES, Shape, load, median, optimizer_step, peak_memory_bytes, spec_text, timed
-from measure import random_batch
+from measure import log as _log
+from measure import random_batch, settings, write_json
 from trained_workload import split_for, trained_workload
 
 from tapsc import ir
@@ -443,18 +443,12 @@ def _run(args, device) -> dict:
         from certify_throughput import certify_throughput
 
         certify = certify_throughput(device, quick=args.quick, run_dir=args.run_dir, log=_log)
-    result = {"machine": machine(device),
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "baseline": BASELINE, "results": rows, "trained": trained, "certify": certify}
+    result = {"machine": machine(device), "settings": settings(args), "baseline": BASELINE, "results": rows,
+              "trained": trained, "certify": certify}
     render(rows, certify, trained)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return result
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
