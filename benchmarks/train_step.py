@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import SHAPES, Shape, load, median, optimizer_step, peak_memory_bytes, spec_text, timed
+from measure import cpu_timed, random_batch, settings, write_json
 from measure import log as _log
-from measure import random_batch, settings, write_json
 from trained_workload import split_for, trained_workload
 
 from tapsc import ir
@@ -131,6 +131,10 @@ class Timing:
     compiled: bool = False
     memory: bool = True
     tf32: bool = False
+    clock: str = "wall"  # or "cpu": this process's CPU seconds (CPU device only), blind to other jobs' load
+
+    def seconds(self, step, device) -> float:
+        return cpu_timed(step)[0] if self.clock == "cpu" else timed(step, device)
 
 
 def classifier_share(network, input_shape, split: int) -> float:
@@ -205,14 +209,13 @@ def build_cases(shape: Shape, batch: int, width: int, methods: list[Method], dev
     return network, reference, cases
 
 
-def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], device, reps: int, warmup: int,
-                  amp: bool, compiled: bool, memory: bool, log=print, tf32: bool = False) -> list[dict]:
+def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], device, timing: Timing,
+                  log=print) -> list[dict]:
     """Time (and measure the memory of) every method for one shape and variant (random workload)."""
     network, spec, cases = build_cases(shape, batch, width, methods, device)
     x, y = (t.to(device) for t in random_batch(batch, shape.input_shape))
     label = {"workload": "random", "shape": shape.name, "batch": batch, "width": width}
-    return time_cases(network, cases, x, y, spec.optimizer, label, Timing(reps, warmup, amp, compiled, memory, tf32),
-                      log)
+    return time_cases(network, cases, x, y, spec.optimizer, label, timing, log)
 
 
 def trained_cases(workload, methods: list[Method]) -> list[Case]:
@@ -231,7 +234,7 @@ def trained_cases(workload, methods: list[Method]) -> list[Case]:
     return cases
 
 
-def bench_trained(workload, methods: list[Method], device, timing: Timing, log=print) -> list[dict]:
+def bench_trained(workload, methods: list[Method], timing: Timing, log=print) -> list[dict]:
     """Time every method on the trained network and its real images, each step from the trained weights."""
     network = workload.network
     trained_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
@@ -269,7 +272,7 @@ def time_cases(network, cases: list[Case], x, y, optimizer_settings, label: dict
         shift = rep % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
             prepare()
-            times[name].append(timed(steps[name], x.device))
+            times[name].append(timing.seconds(steps[name], x.device))
         log(f"  {label['workload']} {label['shape']} {variant}: repetition {rep + 1}/{timing.reps} done")
     peaks = {}
     for name, step in steps.items() if timing.memory else ():
@@ -277,6 +280,7 @@ def time_cases(network, cases: list[Case], x, y, optimizer_settings, label: dict
         peaks[name] = peak_memory_bytes(step, x.device)
     base_time = median(times.get(BASELINE, []))
     base_peak = peaks.get(BASELINE)
+    label = {**label, "clock": timing.clock}
     return [_row(network, case, label, variant, times, peaks, errors, base_time, base_peak) for case in cases]
 
 
@@ -321,9 +325,11 @@ def render(rows: list[dict], certify: dict | None, trained: dict | None = None) 
         console = Console(width=130)  # logs and pipes: do not squeeze the table to 80 columns
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = (row.get("workload", "random"), row["shape"], row["batch"], row["width"], row["variant"])
+        key = (row.get("workload", "random"), row["shape"], row["batch"], row["width"], row["variant"],
+               row.get("clock", "wall"))
         groups.setdefault(key, []).append(row)
-    for (workload, shape, batch, width, variant), group in groups.items():
+    for (workload, shape, batch, width, variant, clock), group in groups.items():
+        variant = f"{variant}, {'process CPU' if clock == 'cpu' else 'wall'} seconds"
         if workload == "trained":
             model = Path(trained["spec"]).name if trained and trained.get("spec") else trained and trained["run_dir"]
             title = f"training step, trained workload: {model} on {shape}, {batch} real images, {variant}"
@@ -349,6 +355,10 @@ def render(rows: list[dict], certify: dict | None, trained: dict | None = None) 
         from certify_throughput import render as render_certify
 
         render_certify(certify, console)
+
+
+def timing_of(args, amp: bool, compiled: bool, tf32: bool) -> Timing:
+    return Timing(args.reps, args.warmup, amp, compiled, not args.no_memory, tf32, args.clock)
 
 
 def machine(device) -> dict:
@@ -390,12 +400,17 @@ def main(argv=None) -> dict:
                         help="float32 variants with TF32 matrix products on CUDA (as `tapsc run` trains); "
                              "default: PyTorch's default, full float32 matrix products")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall seconds, or this process's CPU seconds (CPU device only: on a shared machine "
+                             "they do not count the time other jobs hold the cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--no-certify", action="store_true", help="skip certification throughput")
     parser.add_argument("--run-dir", type=Path, help="trained run for the CROWN-vs-IBP count (default: train "
                         "specs/quickstart.taps here)")
     args = parser.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures CPU work only: use it with --device cpu")
     if args.quick:
         args.width, args.reps, args.warmup = 4, 1, 0
         args.batch = args.batch or 2
@@ -423,8 +438,8 @@ def _run(args, device) -> dict:
         for amp, compiled in variants(device, args.amp, args.compile):
             tf32 = args.tf32 and not amp and device.type == "cuda"
             with tf32_matmuls(tf32):
-                rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device, args.reps,
-                                      args.warmup, amp, compiled, not args.no_memory, log=_log, tf32=tf32)
+                rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device,
+                                      timing_of(args, amp, compiled, tf32), log=_log)
     trained = None
     if "trained" in workloads:
         workload = trained_workload(device, args.trained_spec, args.trained_run, args.trained_batch, args.quick,
@@ -436,8 +451,7 @@ def _run(args, device) -> dict:
             tf32 = args.tf32 and not amp and device.type == "cuda"
             with tf32_matmuls(tf32):
                 torch.manual_seed(0)
-                rows += bench_trained(workload, methods, device,
-                                      Timing(args.reps, args.warmup, amp, compiled, not args.no_memory, tf32), _log)
+                rows += bench_trained(workload, methods, timing_of(args, amp, compiled, tf32), _log)
     certify = None
     if not args.no_certify:
         from certify_throughput import certify_throughput
