@@ -147,3 +147,18 @@ def test_runner_step_compares_the_runner_with_the_bare_step(tmp_path, monkeypatc
     for value in result["seconds"].values():
         assert _finite_positive(value["synced"]) and _finite_positive(value["queued"])
     assert "aten::" in result["profile"]
+
+
+def test_attack_ab_compares_two_commits_attacks_on_the_same_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("attack_ab", None)
+    import attack_ab
+
+    from tapsc.method import latent_attack
+
+    ours = latent_attack._attack_chunk
+    with torch.random.fork_rng():
+        result = attack_ab.main(["--before", "HEAD", "--width", "4", "--batch", "2", "--steps", "2", "--reps", "1"])
+    assert latent_attack._attack_chunk is ours  # put back
+    assert result["same_points"] and len(result["times"]["before"]) == 1
+    assert _finite_positive(result["ibp_cpu_s"]) and _finite_positive(result["after_over_before"])
