@@ -62,7 +62,7 @@ class Peer:
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"{self.name}'s driver exited; its log: {self.log}\n{self.log_tail()}")
+            raise RuntimeError(f"{self.name}'s driver exited; its stderr ends:\n{self.log_tail()}")
         return json.loads(line)
 
     def log_tail(self, chars: int = 2000) -> str:
@@ -104,7 +104,6 @@ def peers_from(args) -> list[Peer]:
 def start(peer: Peer, threads: int, logs: Path, log=print) -> None:
     """Start the peer's driver and wait until it is ready; on failure mark it skipped, with why."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
     peer.log = logs / f"{peer.name}.log"
     log(f"  starting {peer.name}: {' '.join(peer.command)}")
     with open(peer.log, "w") as stderr:
@@ -113,8 +112,8 @@ def start(peer: Peer, threads: int, logs: Path, log=print) -> None:
     line = peer.process.stdout.readline()
     if not line:
         peer.process.wait()
-        peer.skipped = f"its driver did not start (exit code {peer.process.returncode}); log {peer.log}:\n" \
-                       + peer.log_tail(1500)
+        peer.skipped = (f"its driver did not start (exit code {peer.process.returncode}); its stderr ends:\n"
+                        + peer.log_tail(1500))
         peer.process = None
         return
     peer.info = json.loads(line)
@@ -141,7 +140,10 @@ def measure(peers: list[Peer], methods: list[str], repeats: int, warmup: int, me
     def run(peer, op, method):
         if "error" in results[peer.name][method]:
             return None
-        reply = peer.request(op, method)
+        try:
+            reply = peer.request(op, method)
+        except (OSError, RuntimeError, ValueError) as error:  # the driver died: its cells say why, the run goes on
+            reply = {"error": f"{type(error).__name__}: {error}"[:800]}
         if "error" in reply:
             results[peer.name][method]["error"] = reply["error"]
             log(f"  {peer.name} {method}: {reply['error']}")
