@@ -19,7 +19,9 @@ pass of the chosen points (through the connector) is differentiable. Under autoc
 attack differentiates a low-precision copy of the iterate when the classifier would cast
 it anyway (``attack_input_dtype``): same points, half the gradient's bytes. The attack's cost
 is then two classifier matmuls per step over B*(K-1)*R rows (forward and the
-gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md.
+gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md. Rows that
+reach a fixed point of the step stop being computed, and the points stay the same
+(tapsc/method/attack_rows.py).
 
 Shape legend: B batch, E estimators (K - 1 or 1), R restarts, K classes, Z... latent dims.
 """
