@@ -1,16 +1,16 @@
-"""Shared pieces of the benchmarks: specs through the real language, timing, peak memory.
+"""Shared pieces of the benchmarks: specs through the real language, and the training step.
 
 Every network is built from a spec string that calls the library block ``cnn7`` and goes
 through the whole language -> IR -> compile path (``load_spec_text``, ``compile_network``).
+Timing and peak memory live in ``measure.py`` (torch only, so the peer drivers share them).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
+from measure import median, peak_memory_bytes, synchronize, timed  # noqa: F401  (re-exported to the benchmarks)
 
 from tapsc.spec import load_spec_text
 
@@ -58,48 +58,3 @@ def optimizer_step(network, optimizer, loss_fn, device_type: str, amp: bool, cli
     loss.backward()
     torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
     optimizer.step()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    """Seconds for one call of ``fn`` (device work included)."""
-    synchronize(device)
-    started = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - started
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def peak_memory_bytes(fn, device: torch.device) -> int:
-    """Peak bytes of tensors allocated during one call of ``fn``, above what was live before it.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the allocation/free events of
-    ``torch.profiler`` (profile_memory) replayed in time order; this counts tensor storage
-    the way the CUDA figure does, and needs no subprocess or tracemalloc.
-    """
-    if device.type == "cuda":
-        synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and "CPU" in str(e.device_type())]
-    live = peak = 0
-    for _, nbytes in sorted(events):
-        live += nbytes
-        peak = max(peak, live)
-    return int(peak)

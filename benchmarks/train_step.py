@@ -2,8 +2,15 @@
 
     .venv/bin/python benchmarks/train_step.py [--device cpu|cuda] [--quick] [--json out.json]
 
-CNN7 (the library block ``cnn7``, through the real spec -> IR -> compile path) on
-synthetic CIFAR-10-shaped (batch 128) and MNIST-shaped (batch 256) data, fixed seed.
+Two workloads, each timed and reported on its own, each against its own IBP step:
+- random: CNN7 (the library block ``cnn7``, through the real spec -> IR -> compile path),
+  Shi-initialised, on synthetic CIFAR-10-shaped (batch 128) and MNIST-shaped (batch 256)
+  data, fixed seed;
+- trained: the network a shipped spec trains on real data (default specs/quickstart.taps,
+  sklearn's 8x8 digits, about a minute; ``--trained-spec specs/study/fashion_taps.taps`` for
+  the Fashion-MNIST study net), trained once by ``tapsc run`` and cached, or ``--trained-run
+  DIR``; its own batch of real training images (``benchmarks/trained_workload.py``). Every
+  step starts from the trained weights (restored, untimed, before each step).
 For each method: the median seconds of a full training step (forward, backward, gradient
 clipping, Adam step) after warm-up, and the peak memory of one step; then each method's
 ratio to the IBP step measured in the same run. Methods are interleaved within every
@@ -23,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
 import platform
 import sys
@@ -36,11 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import SHAPES, Shape, load, median, optimizer_step, peak_memory_bytes, spec_text, timed
+from measure import cpu_timed, random_batch, settings, write_json
+from measure import log as _log
+from trained_workload import split_for, trained_workload
 
 from tapsc import ir
 from tapsc.certify.precision import tf32_matmuls
 from tapsc.compile import compile_network
 from tapsc.method import phase_loss
+from tapsc.shapes import count_relus
 
 BASELINE = "ibp"
 STEPS = (20, 8)  # the paper's attack (20 steps, 1 restart) and a cheaper one
@@ -63,11 +73,12 @@ class Method:
     eps_fraction: float = 1.0  # eps = fraction * target; Shi's regularizer is on only during the ramp
 
 
-def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method]:
+def all_methods(steps=STEPS, estimation_batch: int | None = None, relus: int = CNN7_RELUS) -> list[Method]:
     """natural, IBP, IBP + Shi, CROWN-IBP (halfway up the ramp, so beta = 0.5 and the CROWN-IBP
     bound is computed: at the target eps beta = 0 and the step is IBP's), then per attack setting:
     PGD, SABR, TAPS at every split, TAPS with one estimator (split 1), STAPS with K - 1 estimators
-    and with one, and the expressive losses MTL-IBP, CC-IBP, Exp-IBP (alpha 0.5)."""
+    and with one, and the expressive losses MTL-IBP, CC-IBP, Exp-IBP (alpha 0.5). ``relus``: the
+    network's ReLU count (the TAPS splits run 0..relus)."""
     cap = f", estimation_batch = {estimation_batch}" if estimation_batch else ""
     methods = [Method("natural", "natural", "natural"),
                Method("ibp", "ibp", "ibp"),
@@ -77,7 +88,7 @@ def all_methods(steps=STEPS, estimation_batch: int | None = None) -> list[Method
         methods.append(Method(f"pgd_steps{s}", "pgd", f"pgd {{ attack pgd(steps = {s}) }}", attack_steps=s))
         methods.append(Method(f"sabr_steps{s}", "sabr", f"sabr {{ lambda 0.7; attack pgd(steps = {s}) }}",
                               attack_steps=s))
-        for n in range(CNN7_RELUS + 1):
+        for n in range(relus + 1):
             methods.append(Method(f"taps_relu{n}_steps{s}", "taps",
                                   f"taps {{ attack pgd(steps = {s}, multi{cap}); weight 5 }}", n, s))
         methods.append(Method(f"taps_single_relu1_steps{s}", "taps",
@@ -108,6 +119,22 @@ class Case:
     phase: object
     eps: float
     eps_target: float
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How one variant is timed: repetitions, warm-up steps, precision and compilation, memory."""
+
+    reps: int
+    warmup: int
+    amp: bool = False
+    compiled: bool = False
+    memory: bool = True
+    tf32: bool = False
+    clock: str = "wall"  # or "cpu": this process's CPU seconds (CPU device only), blind to other jobs' load
+
+    def seconds(self, step, device) -> float:
+        return cpu_timed(step)[0] if self.clock == "cpu" else timed(step, device)
 
 
 def classifier_share(network, input_shape, split: int) -> float:
@@ -182,55 +209,98 @@ def build_cases(shape: Shape, batch: int, width: int, methods: list[Method], dev
     return network, reference, cases
 
 
-def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], device, reps: int, warmup: int,
-                  amp: bool, compiled: bool, memory: bool, log=print, tf32: bool = False) -> list[dict]:
-    """Time (and measure the memory of) every method for one shape and variant."""
+def bench_variant(shape: Shape, batch: int, width: int, methods: list[Method], device, timing: Timing,
+                  log=print) -> list[dict]:
+    """Time (and measure the memory of) every method for one shape and variant (random workload)."""
     network, spec, cases = build_cases(shape, batch, width, methods, device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=spec.optimizer.lr)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand((batch,) + shape.input_shape, generator=generator).to(device)
-    y = torch.randint(0, 10, (batch,), generator=generator).to(device)
-    steps = {c.method.name: make_step(network, optimizer, c, x, y, amp, compiled, spec.optimizer.clip or 10.0)
-             for c in cases}
+    x, y = (t.to(device) for t in random_batch(batch, shape.input_shape))
+    label = {"workload": "random", "shape": shape.name, "batch": batch, "width": width}
+    return time_cases(network, cases, x, y, spec.optimizer, label, timing, log)
+
+
+def trained_cases(workload, methods: list[Method]) -> list[Case]:
+    """A Case per method that fits the trained model (TAPS splits it has no boundary for are left out).
+
+    The phase is read from the same spec text as on the random workload (a phase does not
+    depend on the model); eps is the trained spec's training target.
+    """
+    cases = []
+    for method in methods:
+        split = split_for(workload.spec, method.relus_in_classifier)
+        if split is None:
+            continue
+        phase = load(spec_text(SHAPES["mnist"], 2, method.phase, 0, 1)).method.phases[0]
+        cases.append(Case(method, split, phase, method.eps_fraction * workload.eps_target, workload.eps_target))
+    return cases
+
+
+def bench_trained(workload, methods: list[Method], timing: Timing, log=print) -> list[dict]:
+    """Time every method on the trained network and its real images, each step from the trained weights."""
+    network = workload.network
+    trained_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+    def reset():  # Adam steps on one batch would otherwise drift the trained network, step after step
+        network.load_state_dict(trained_state)
+
+    label = {"workload": "trained", "shape": workload.source["dataset"], "batch": int(workload.x.shape[0]),
+             "width": None}
+    return time_cases(network, trained_cases(workload, methods), workload.x, workload.y, workload.spec.optimizer,
+                      label, timing, log, reset)
+
+
+def time_cases(network, cases: list[Case], x, y, optimizer_settings, label: dict, timing: Timing, log=print,
+               reset=None) -> list[dict]:
+    """Median step time (and peak memory) of every case on one network and batch, and its ratio to
+    the IBP case of the same call. ``reset`` (untimed) runs before every step when given."""
+    optimizer = torch.optim.Adam(network.parameters(), lr=optimizer_settings.lr)
+    clip = optimizer_settings.clip or 10.0
+    steps = {c.method.name: make_step(network, optimizer, c, x, y, timing.amp, timing.compiled, clip) for c in cases}
+    prepare = reset or (lambda: None)
     errors: dict[str, str] = {}
     for name, step in list(steps.items()):
         try:
-            for _ in range(max(warmup, 1 if compiled else 0)):  # never time the compilation
+            for _ in range(max(timing.warmup, 1 if timing.compiled else 0)):  # never time the compilation
+                prepare()
                 step()
         except Exception as error:  # noqa: BLE001  (a variant that cannot run, e.g. torch.compile, is reported)
             errors[name] = f"{type(error).__name__}: {error}"[:300]
             del steps[name]
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
-    for rep in range(reps):
+    variant = variant_name(timing.amp, timing.compiled, timing.tf32)
+    for rep in range(timing.reps):
         shift = rep % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
-            times[name].append(timed(steps[name], device))
-        log(f"  {shape.name} {variant_name(amp, compiled, tf32)}: repetition {rep + 1}/{reps} done")
-    peaks = {name: peak_memory_bytes(step, device) for name, step in steps.items()} if memory else {}
+            prepare()
+            times[name].append(timing.seconds(steps[name], x.device))
+        log(f"  {label['workload']} {label['shape']} {variant}: repetition {rep + 1}/{timing.reps} done")
+    peaks = {}
+    for name, step in steps.items() if timing.memory else ():
+        prepare()
+        peaks[name] = peak_memory_bytes(step, x.device)
     base_time = median(times.get(BASELINE, []))
     base_peak = peaks.get(BASELINE)
-    rows = []
-    for case in cases:
-        name = case.method.name
-        row = {"shape": shape.name, "batch": batch, "width": width, "variant": variant_name(amp, compiled, tf32),
-               **{k: v for k, v in asdict(case.method).items() if k != "phase"}, "phase": case.method.phase,
-               "eps": case.eps, "split": case.split}
-        if case.method.kind in ("taps", "staps"):
-            share = classifier_share(network, shape.input_shape, case.split)
-            row["classifier_share"] = round(share, 4)
-            if case.method.kind == "taps":
-                estimators = 9 if case.method.estimators == "multi" else 1  # CNN7 here has 10 classes
-                row["mac_model_ratio"] = round(mac_model_ratio(share, case.method.attack_steps, estimators), 3)
-        if name in errors:
-            row["error"] = errors[name]
-        else:
-            row.update(median_s=median(times[name]), times_s=times[name],
-                       ratio_to_ibp=median(times[name]) / base_time)
-            if name in peaks:
-                row.update(peak_mb=peaks[name] / 2**20, memory_ratio_to_ibp=peaks[name] / max(base_peak, 1))
-        rows.append(row)
-    return rows
+    label = {**label, "clock": timing.clock}
+    return [_row(network, case, label, variant, times, peaks, errors, base_time, base_peak) for case in cases]
+
+
+def _row(network, case: Case, label: dict, variant: str, times, peaks, errors, base_time, base_peak) -> dict:
+    name = case.method.name
+    row = {**label, "variant": variant, **{k: v for k, v in asdict(case.method).items() if k != "phase"},
+           "phase": case.method.phase, "eps": case.eps, "split": case.split}
+    if case.method.kind in ("taps", "staps"):
+        share = classifier_share(network, network.input_shape, case.split)
+        row["classifier_share"] = round(share, 4)
+        if case.method.kind == "taps":
+            estimators = network.num_classes - 1 if case.method.estimators == "multi" else 1
+            row["mac_model_ratio"] = round(mac_model_ratio(share, case.method.attack_steps, estimators), 3)
+    if name in errors:
+        row["error"] = errors[name]
+    else:
+        row.update(median_s=median(times[name]), times_s=times[name], ratio_to_ibp=median(times[name]) / base_time)
+        if name in peaks:
+            row.update(peak_mb=peaks[name] / 2**20, memory_ratio_to_ibp=peaks[name] / max(base_peak, 1))
+    return row
 
 
 def variant_name(amp: bool, compiled: bool, tf32: bool = False) -> str:
@@ -246,7 +316,7 @@ def variants(device, amp: str, compile_: str) -> list[tuple[bool, bool]]:
     return [(a, c) for a in amps for c in compiles]
 
 
-def render(rows: list[dict], certify: dict | None) -> None:
+def render(rows: list[dict], certify: dict | None, trained: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -255,9 +325,17 @@ def render(rows: list[dict], certify: dict | None) -> None:
         console = Console(width=130)  # logs and pipes: do not squeeze the table to 80 columns
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["shape"], row["batch"], row["width"], row["variant"]), []).append(row)
-    for (shape, batch, width, variant), group in groups.items():
-        table = Table(title=f"training step, CNN7 (width {width}) {shape} batch {batch}, {variant}")
+        key = (row.get("workload", "random"), row["shape"], row["batch"], row["width"], row["variant"],
+               row.get("clock", "wall"))
+        groups.setdefault(key, []).append(row)
+    for (workload, shape, batch, width, variant, clock), group in groups.items():
+        variant = f"{variant}, {'process CPU' if clock == 'cpu' else 'wall'} seconds"
+        if workload == "trained":
+            model = Path(trained["spec"]).name if trained and trained.get("spec") else trained and trained["run_dir"]
+            title = f"training step, trained workload: {model} on {shape}, {batch} real images, {variant}"
+        else:
+            title = f"training step, random workload: CNN7 (width {width}) {shape} batch {batch}, {variant}"
+        table = Table(title=title)
         for column in ("method", "ReLUs in clf", "clf share", "median s", "x IBP", "MAC model x IBP", "peak MiB",
                        "mem x IBP"):
             table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
@@ -277,6 +355,10 @@ def render(rows: list[dict], certify: dict | None) -> None:
         from certify_throughput import render as render_certify
 
         render_certify(certify, console)
+
+
+def timing_of(args, amp: bool, compiled: bool, tf32: bool) -> Timing:
+    return Timing(args.reps, args.warmup, amp, compiled, not args.no_memory, tf32, args.clock)
 
 
 def machine(device) -> dict:
@@ -299,7 +381,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: width 4, batch 2, 2-step attacks, one repetition, no warm-up")
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--shapes", default="cifar10,mnist", help="comma-separated: cifar10, mnist")
+    parser.add_argument("--shapes", default="cifar10,mnist", help="random workload, comma-separated: cifar10, mnist")
+    parser.add_argument("--workloads", default="random,trained", help="comma-separated: random, trained")
+    parser.add_argument("--trained-spec", type=Path, help="spec of the trained workload, trained once and cached "
+                        "under $TAPSC_CACHE_DIR/benchmarks/trained (default specs/quickstart.taps)")
+    parser.add_argument("--trained-run", type=Path, help="a finished `tapsc run` folder to use as the trained "
+                        "workload instead")
+    parser.add_argument("--trained-batch", type=int, help="images of the trained workload (default: its spec's batch)")
     parser.add_argument("--methods", help="comma-separated globs over method names, e.g. 'ibp*,taps_relu1_*'")
     parser.add_argument("--batch", type=int, help="override every shape's batch (default 128 CIFAR, 256 MNIST)")
     parser.add_argument("--width", type=int, default=64, help="CNN7 width (64 is the paper's)")
@@ -312,12 +400,17 @@ def main(argv=None) -> dict:
                         help="float32 variants with TF32 matrix products on CUDA (as `tapsc run` trains); "
                              "default: PyTorch's default, full float32 matrix products")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall seconds, or this process's CPU seconds (CPU device only: on a shared machine "
+                             "they do not count the time other jobs hold the cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--no-certify", action="store_true", help="skip certification throughput")
     parser.add_argument("--run-dir", type=Path, help="trained run for the CROWN-vs-IBP count (default: train "
                         "specs/quickstart.taps here)")
     args = parser.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures CPU work only: use it with --device cpu")
     if args.quick:
         args.width, args.reps, args.warmup = 4, 1, 0
         args.batch = args.batch or 2
@@ -334,32 +427,42 @@ def main(argv=None) -> dict:
 def _run(args, device) -> dict:
     torch.manual_seed(0)
     steps = QUICK_STEPS if args.quick else STEPS
-    methods = select(all_methods(steps, estimation_batch=args.estimation_batch), args.methods)
+    workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    unknown = workloads - {"random", "trained"}
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {sorted(unknown)}: choose from random, trained")
     rows = []
-    for name in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+    for name in [s.strip() for s in args.shapes.split(",") if s.strip()] if "random" in workloads else ():
         shape = SHAPES[name]
+        methods = select(all_methods(steps, estimation_batch=args.estimation_batch), args.methods)
         for amp, compiled in variants(device, args.amp, args.compile):
             tf32 = args.tf32 and not amp and device.type == "cuda"
             with tf32_matmuls(tf32):
-                rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device, args.reps,
-                                      args.warmup, amp, compiled, not args.no_memory, log=_log, tf32=tf32)
+                rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device,
+                                      timing_of(args, amp, compiled, tf32), log=_log)
+    trained = None
+    if "trained" in workloads:
+        workload = trained_workload(device, args.trained_spec, args.trained_run, args.trained_batch, args.quick,
+                                    log=_log)
+        trained = workload.source
+        relus = count_relus(workload.spec.model.layers)
+        methods = select(all_methods(steps, estimation_batch=args.estimation_batch, relus=relus), args.methods)
+        for amp, compiled in variants(device, args.amp, args.compile):
+            tf32 = args.tf32 and not amp and device.type == "cuda"
+            with tf32_matmuls(tf32):
+                torch.manual_seed(0)
+                rows += bench_trained(workload, methods, timing_of(args, amp, compiled, tf32), _log)
     certify = None
     if not args.no_certify:
         from certify_throughput import certify_throughput
 
         certify = certify_throughput(device, quick=args.quick, run_dir=args.run_dir, log=_log)
-    result = {"machine": machine(device),
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "baseline": BASELINE, "results": rows, "certify": certify}
-    render(rows, certify)
+    result = {"machine": machine(device), "settings": settings(args), "baseline": BASELINE, "results": rows,
+              "trained": trained, "certify": certify}
+    render(rows, certify, trained)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return result
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ pass of the chosen points (through the connector) is differentiable. Under autoc
 attack differentiates a low-precision copy of the iterate when the classifier would cast
 it anyway (``attack_input_dtype``): same points, half the gradient's bytes. The attack's cost
 is then two classifier matmuls per step over B*(K-1)*R rows (forward and the
-gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md.
+gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md. Rows that
+reach a fixed point of the step stop being computed, and the points stay the same
+(tapsc/method/attack_rows.py).
 
 Shape legend: B batch, E estimators (K - 1 or 1), R restarts, K classes, Z... latent dims.
 """
@@ -32,11 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from tapsc import ir
+from tapsc.method.attack_rows import HeldRows, retirement
 from tapsc.method.connectors import connect_with
 
 LR_DECAY_AT = 0.7
 LR_DECAY = 0.1
-MIXED_UPDATE_CHUNKS = 8  # CPU: memory chunks of samples for a float32 iterate updated with a bf16 step
 
 
 def wrong_classes(y_B: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -112,43 +114,32 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
     best_z, best_value = z.clone(), torch.full((rows,), float("-inf"), device=lo.device, dtype=lo.dtype)
     lr0 = attack.step_size if attack.step_size is not None else max(0.2, 2 / attack.steps)
     decay_step = math.ceil(LR_DECAY_AT * attack.steps)
-    step_width = {}  # lr * width per learning rate, (B, 1, 1, *Z): computed once, not per step
     input_dtype = input_dtype or z.dtype
-    sign_NK = None
+    held = HeldRows(z, lo, hi, width, y_N, *retirement(attack.steps, lr0))  # tapsc/method/attack_rows.py
     for step in range(attack.steps + 1):
         last = step == attack.steps
+        z = held.z
         z_in = z if input_dtype == z.dtype else z.detach().to(input_dtype)  # see attack_input_dtype
         z_in.requires_grad_(not last)
         with torch.set_grad_enabled(not last):  # the last pass only scores the final points
-            logits_NK = classifier(z_in.reshape((rows,) + latent))
-            if multi and sign_NK is None:  # in the logits' dtype (bf16 under autocast), once per chunk
-                sign_NK = _margin_signs(y_N, wrong_N, logits_NK.shape[1], logits_NK.dtype)
-            value_N = _objective(logits_NK, y_N, sign_NK)
+            logits_NK = classifier(held.flat(z_in))
+            if multi and held.sign_NK is None:  # in the logits' dtype (bf16 under autocast), once per chunk
+                held.sign_NK = _margin_signs(y_N, wrong_N, logits_NK.shape[1], logits_NK.dtype)
+            value_N = _objective(logits_NK, held.y_N, held.sign_NK)
         value_N, graph_N = value_N.detach(), value_N
-        improved_N = value_N > best_value
-        best_value = torch.where(improved_N, value_N, best_value)
-        # In place (out aliases best_z): on CPU a fresh (B*E*R, *Z) tensor per step costs page faults.
-        torch.where(improved_N.reshape((batch, estimators, restarts) + (1,) * len(latent)), z.detach(), best_z,
-                    out=best_z)
+        held.keep_best(value_N, best_value, best_z)
         if last:
             break
         grad, = torch.autograd.grad(graph_N.sum(), z_in)
         del z_in, graph_N
+        held.z = z.detach()
         lr = lr0 * (LR_DECAY if step >= decay_step else 1.0)
-        if lr not in step_width:
-            step_width[lr] = width * lr  # same rounding as (sign * lr) * width: sign is exactly 0 or +-1
-        # z + sign(g) * lr * width, clipped to the box, updated in place (the step's graph is freed).
         direction = grad.sign_() if grad.is_contiguous() else grad.sign()
-        z = z.detach()
-        if direction.dtype == z.dtype or z.device.type != "cpu":
-            # CUDA kernels widen mixed dtypes element by element; CPU ones copy the operand first
-            z.addcmul_(direction, step_width[lr]).clamp_(lo, hi)
-        else:  # so on the CPU a bf16 step is applied in memory chunks of samples
-            per_part = max(1, -(-batch // MIXED_UPDATE_CHUNKS))
-            for start in range(0, batch, per_part):
-                part = slice(start, start + per_part)  # samples
-                z[part].addcmul_(direction[part], step_width[lr][part]).clamp_(lo[part], hi[part])
-        del grad, direction  # free before the next step's gradient is allocated
+        held.find_stopped(direction, step)
+        held.update(direction, lr)  # in place; the step's graph is freed
+        del grad, direction, z  # free before the next step's gradient is allocated
+        if held.moving(attack.steps - step) == 0:  # every row is a fixed point: the remaining steps change nothing
+            break
     if restarts == 1:
         return best_z[:, :, 0]
     winner_BE = best_value.reshape(batch, estimators, restarts).argmax(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def _finite_positive(value) -> bool:
 
 def test_quick_benchmark_writes_positive_finite_ratios(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("TAPSC_CACHE_DIR", str(tmp_path / "cache"))  # the trained workload's run is cached here
     sys.modules.pop("train_step", None)
     import train_step
 
@@ -28,8 +30,9 @@ def test_quick_benchmark_writes_positive_finite_ratios(tmp_path, monkeypatch):
         train_step.main(["--quick", "--json", str(out)])
     assert torch.get_num_threads() == threads  # --quick runs on one thread and restores the count
     result = json.loads(out.read_text())
-    assert {"machine", "settings", "baseline", "results", "certify"} <= set(result)
-    rows = result["results"]
+    assert {"machine", "settings", "baseline", "results", "certify", "trained"} <= set(result)
+    _check_trained_rows([row for row in result["results"] if row["workload"] == "trained"], result["trained"])
+    rows = [row for row in result["results"] if row["workload"] == "random"]
     assert {row["shape"] for row in rows} == {"cifar10", "mnist"}
     kinds = {row["kind"] for row in rows}
     from tapsc import ir
@@ -54,6 +57,44 @@ def test_quick_benchmark_writes_positive_finite_ratios(tmp_path, monkeypatch):
     counts = certify["trained"]["certified"]
     assert set(counts) == {"ibp", "crown_ibp", "crown"}
     assert certify["trained"]["crown_gain_over_ibp"] == counts["crown"] - counts["ibp"]
+
+
+def _check_trained_rows(rows: list[dict], trained: dict) -> None:
+    """The quickstart network (3 ReLUs) on its digits, each method against its own IBP step."""
+    assert "tapsc run" in trained["command"] and Path(trained["run_dir"], "results.json").is_file()
+    assert {row["shape"] for row in rows} == {"digits"} and {row["batch"] for row in rows} == {trained["batch"]}
+    assert {row["relus_in_classifier"] for row in rows if row["kind"] == "taps"} == {0, 1, 2, 3}
+    for row in rows:
+        assert "error" not in row, row
+        assert _finite_positive(row["median_s"]) and _finite_positive(row["ratio_to_ibp"]), row
+    assert next(row for row in rows if row["name"] == "ibp")["ratio_to_ibp"] == 1.0
+
+
+def test_trained_workload_trains_once_per_spec_text(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("TAPSC_CACHE_DIR", str(tmp_path / "cache"))
+    sys.modules.pop("trained_workload", None)
+    import trained_workload
+
+    calls = []
+
+    def fake_run(command, **kwargs):  # stands in for `tapsc run SPEC --out DIR`
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "results.json").write_text("{}")
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, "")
+
+    monkeypatch.setattr(trained_workload.subprocess, "run", fake_run)
+    spec = tmp_path / "tiny.taps"
+    spec.write_text("first")
+    run_dir, command = trained_workload.cached_run(spec, torch.device("cpu"), log=lambda m: None)
+    assert command[2:4] == ["tapsc", "run"] and str(run_dir) in command
+    assert run_dir.parent == tmp_path / "cache" / "benchmarks" / "trained" and (run_dir / "results.json").is_file()
+    assert trained_workload.cached_run(spec, torch.device("cpu"))[0] == run_dir and len(calls) == 1  # cached
+    spec.write_text("edited")
+    assert trained_workload.cached_run(spec, torch.device("cpu"), log=lambda m: None)[0] != run_dir
+    assert len(calls) == 2
 
 
 def test_epoch_benchmark_times_a_real_run(tmp_path, monkeypatch):
@@ -106,3 +147,18 @@ def test_runner_step_compares_the_runner_with_the_bare_step(tmp_path, monkeypatc
     for value in result["seconds"].values():
         assert _finite_positive(value["synced"]) and _finite_positive(value["queued"])
     assert "aten::" in result["profile"]
+
+
+def test_attack_ab_compares_two_commits_attacks_on_the_same_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("attack_ab", None)
+    import attack_ab
+
+    from tapsc.method import latent_attack
+
+    ours = latent_attack._attack_chunk
+    with torch.random.fork_rng():
+        result = attack_ab.main(["--before", "HEAD", "--width", "4", "--batch", "2", "--steps", "2", "--reps", "1"])
+    assert latent_attack._attack_chunk is ours  # put back
+    assert result["same_points"] and len(result["times"]["before"]) == 1
+    assert _finite_positive(result["ibp_cpu_s"]) and _finite_positive(result["after_over_before"])

@@ -122,16 +122,21 @@ def _plain_attack(classifier, lo_B, hi_B, y_B, attack):
     return best_z.gather(2, index)[:, :, 0]
 
 
-@pytest.mark.parametrize("restarts", [1, 3])
-def test_in_place_attack_loop_matches_the_plain_loop_bit_for_bit(restarts):
-    network = build(split=2, seed=5)
-    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
-    attack = ir.LatentAttack(steps=9, restarts=restarts)
+def _fast_and_plain(network, z_lo, z_hi, y, attack):
+    """tapsc's attack and the plain loop, from the same seed."""
     torch.manual_seed(7)
     fast = latent_attack(network, z_lo, z_hi, y, attack)
     torch.manual_seed(7)
     with network.frozen_batchnorm(detach=True):
         plain = _plain_attack(network.classifier, z_lo.detach(), z_hi.detach(), y, attack)
+    return fast, plain
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_in_place_attack_loop_matches_the_plain_loop_bit_for_bit(restarts):
+    network = build(split=2, seed=5)
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
+    fast, plain = _fast_and_plain(network, z_lo, z_hi, y, ir.LatentAttack(steps=9, restarts=restarts))
     assert torch.equal(fast, plain)
 
 
@@ -147,11 +152,7 @@ def test_bf16_autocast_attack_holds_a_bf16_copy_and_finds_the_same_points(split,
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert z_lo.dtype == torch.float32
         assert attack_input_dtype(network.layers[network.split:], z_lo) == torch.bfloat16
-        torch.manual_seed(7)
-        fast = latent_attack(network, z_lo, z_hi, y, attack)
-        torch.manual_seed(7)
-        with network.frozen_batchnorm(detach=True):
-            plain = _plain_attack(network.classifier, z_lo.detach(), z_hi.detach(), y, attack)
+        fast, plain = _fast_and_plain(network, z_lo, z_hi, y, attack)
     assert fast.dtype == torch.float32 and torch.equal(fast, plain)
 
 
@@ -193,3 +194,76 @@ def test_bf16_connector_output_gives_the_same_margins_and_gradients(split):
     assert torch.equal(m_ref, m_low) and torch.equal(lo_ref, lo_low) and torch.equal(hi_ref, hi_low)
     assert lo_ref.abs().sum() > 0 and len(p_ref) == len(p_low) > 0
     assert all(torch.equal(a, b) for a, b in zip(p_ref, p_low))
+
+
+def _count_retirements(monkeypatch):
+    """Spy on the attack's row bookkeeping: (held rows, rows still moving) after every step,
+    and the sizes the held rows were compacted to."""
+    from tapsc.method import attack_rows
+
+    seen = {"moving": [], "compacted": []}
+    moving, compact = attack_rows.HeldRows.moving, attack_rows.HeldRows._compact
+
+    def spy_moving(self, steps_left):
+        count = moving(self, steps_left)
+        seen["moving"].append((self.count, count))
+        return count
+
+    def spy_compact(self, keep):
+        seen["compacted"].append(keep.numel())
+        compact(self, keep)
+
+    monkeypatch.setattr(attack_rows.HeldRows, "moving", spy_moving)
+    monkeypatch.setattr(attack_rows.HeldRows, "_compact", spy_compact)
+    return seen
+
+
+@pytest.mark.parametrize("split,restarts,amp", [(0, 1, False), (0, 3, False), (1, 1, False), (1, 3, False),
+                                                (2, 3, False), (1, 3, True)])
+def test_retiring_fixed_point_rows_finds_the_same_points_as_the_plain_loop(split, restarts, amp, monkeypatch):
+    # Samples 0-4 get a point box (lo == hi): their rows are fixed points from the start, so
+    # at the first check the held rows are compacted to the others (padded to MIN_ROWS).
+    # A linear classifier (split 0) drives every row into a corner: the attack ends early.
+    from tapsc.method.attack_rows import MIN_ROWS, retirement
+
+    network = build(split=split, seed=5)
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
+    z_hi = z_hi.detach().clone()
+    z_hi[:5] = z_lo[:5].detach()
+    seen = _count_retirements(monkeypatch)
+    attack = ir.LatentAttack(steps=20, restarts=restarts)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        fast, plain = _fast_and_plain(network, z_lo, z_hi, y, attack)
+    assert torch.equal(fast, plain)
+    rows = 8 * 4 * restarts
+    retire, first_check = retirement(attack.steps, 0.2)
+    assert retire and first_check == 5  # 20 steps from lr 0.2
+    assert seen["moving"][first_check - 1] == (rows, rows)  # no check before the first check
+    assert seen["moving"][first_check][1] <= rows - 5 * 4 * restarts  # the point-box rows retire there
+    assert seen["compacted"] and MIN_ROWS <= seen["compacted"][0] <= max(MIN_ROWS, 3 * 4 * restarts)
+    if split == 0:
+        assert seen["moving"][-1][1] == 0 and len(seen["moving"]) < attack.steps  # ended early
+
+
+def test_short_attacks_retire_nothing():
+    from tapsc.method.attack_rows import retirement
+
+    assert retirement(8, 0.25) == (False, 4)  # 8 steps: rows stop too late to repay the checks
+    assert retirement(20, 0.2) == (True, 5) and retirement(50, 0.2) == (True, 5)
+
+
+def test_rows_that_still_move_are_never_retired():
+    # The check is exact: a row whose fingerprint did not change is retired only if the sign
+    # step leaves every coordinate where it is.
+    from tapsc.method.attack_rows import HeldRows
+
+    lo, hi = torch.zeros(2, 1, 1, 3), torch.ones(2, 1, 1, 3)
+    z = torch.tensor([[1.0, 0.0, 0.5], [1.0, 0.0, 0.5]]).reshape(2, 1, 1, 3)
+    held = HeldRows(z.clone(), lo, hi, hi - lo, torch.zeros(2, dtype=torch.long), retire=True)
+    direction = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, 0.0]]).reshape(2, 1, 1, 3)
+    held.find_stopped(direction, 0)
+    assert held.stopped.tolist() == [False, False]  # the first call only takes the fingerprints
+    held.find_stopped(direction, 1)  # the same iterate again: both rows are candidates
+    assert held.stopped.tolist() == [True, False]  # row 1's second coordinate moves up from 0
+    held.update(direction, 0.25)
+    assert torch.equal(held.z[0], z[0]) and held.z[1, 0, 0, 1] == 0.25
