@@ -16,7 +16,7 @@ from torch import nn
 
 from tapsc import ir
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape, ShapeError, layer_output_shape
+from tapsc.shapes import Shape, ShapeError
 
 
 def _centre_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +41,7 @@ class Conv(BoundLayer):
 
     @classmethod
     def build(cls, node: ir.Conv, in_shape: Shape):
-        out_shape = layer_output_shape(node, in_shape)
+        out_shape = node.out_shape(tuple(in_shape))
         return cls(in_shape[0], node), out_shape
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ class Linear(BoundLayer):
 
     @classmethod
     def build(cls, node: ir.Linear, in_shape: Shape):
-        out_shape = layer_output_shape(node, in_shape)
+        out_shape = node.out_shape(tuple(in_shape))
         declared = getattr(node, "in_features", None)
         if declared is not None and declared != in_shape[0]:
             raise ShapeError(node, f"linear declares in_features={declared} but receives {in_shape[0]} features",

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape, layer_output_shape
+from tapsc.shapes import Shape
 
 
 @register_layer("relu")
@@ -65,7 +65,7 @@ class Flatten(BoundLayer):
 
     @classmethod
     def build(cls, node, in_shape: Shape):
-        return cls(), layer_output_shape(ir.Flatten(), tuple(in_shape))
+        return cls(), ir.Flatten().out_shape(tuple(in_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -100,7 +100,7 @@ class _Pool(BoundLayer):
 
     @classmethod
     def build(cls, node, in_shape: Shape):
-        return cls(node), layer_output_shape(node, tuple(in_shape))
+        return cls(node), node.out_shape(tuple(in_shape))
 
     def magnitude(self, m_BCHW: torch.Tensor) -> torch.Tensor:
         """Both pools have nonnegative weights and no bias: the pool of m bounds the terms."""

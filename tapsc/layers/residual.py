@@ -11,7 +11,7 @@ from torch import nn
 
 from tapsc import ir
 from tapsc.layers.base import BoundLayer, build_layers, register_layer, run_forward, run_interval
-from tapsc.shapes import Shape, layer_output_shape
+from tapsc.shapes import Shape
 
 
 @register_layer("residual")
@@ -23,7 +23,7 @@ class Residual(BoundLayer):
 
     @classmethod
     def build(cls, node: ir.Residual, in_shape: Shape):
-        out_shape = layer_output_shape(node, tuple(in_shape))  # raises ShapeError on mismatch
+        out_shape = node.out_shape(tuple(in_shape))  # raises ShapeError on mismatch
         body, _ = build_layers(node.body, in_shape)
         shortcut, _ = build_layers(node.shortcut, in_shape)
         return cls(body, shortcut), out_shape
