@@ -19,28 +19,11 @@ from tapsc.errors import Diagnostic
 from tapsc.ir import Span
 from tapsc.syntax import Name, Statement
 
-# Positional arguments of each layer kind, in order; the rest are named only.
-LAYER_POSITIONAL = {
-    "conv": ("out_channels", "kernel", "stride", "padding"),
-    "linear": ("out_features",),
-    "batchnorm": (),
-    "relu": (),
-    "leaky_relu": ("slope",),
-    "flatten": (),
-    "avgpool": ("kernel", "stride", "padding"),
-    "maxpool": ("kernel", "stride", "padding"),
-}
-LAYER_CLASSES: dict[str, type[ir.Node]] = {
-    "conv": ir.Conv, "linear": ir.Linear, "batchnorm": ir.BatchNorm, "relu": ir.ReLU,
-    "leaky_relu": ir.LeakyReLU, "flatten": ir.Flatten, "avgpool": ir.AvgPool, "maxpool": ir.MaxPool,
-}
-LAYER_ALIASES = {
-    "conv": {"out": "out_channels", "channels": "out_channels", "pad": "padding"},
-    "linear": {"out": "out_features", "features": "out_features", "in": "in_features"},
-    "avgpool": {"pad": "padding"},
-    "maxpool": {"pad": "padding"},
-}
 STRUCTURE = ("repeat", "residual", "split")
+# The layer kinds written as calls (`conv(16, kernel = 3)`): every IR layer kind but the structural
+# ones. Each class holds its positional arguments and aliases (`ir.LayerNode`).
+LAYER_CLASSES: dict[str, type[ir.LayerNode]] = {
+    kind: cls for kind, cls in ir.LAYER_NODES.items() if kind not in STRUCTURE}
 # Names a block cannot take: the expander and `model` read these statements before blocks.
 RESERVED = (*LAYER_CLASSES, *STRUCTURE, "shortcut", "input", "input_shape")
 
@@ -198,9 +181,10 @@ class _Expander:
         statement, name = _layer_name(statement, where)
         kind = statement.name
         self.count_layer()
-        names = [n for n in field_names(LAYER_CLASSES[kind]) if n != "name"]  # `as NAME` only
-        bound = bind(statement, names, call=True, aliases=LAYER_ALIASES.get(kind))
-        values = expect_positional(statement, bound, LAYER_POSITIONAL[kind])
+        cls = LAYER_CLASSES[kind]
+        names = [n for n in field_names(cls) if n != "name"]  # `as NAME` only
+        bound = bind(statement, names, call=True, aliases=cls.aliases)
+        values = expect_positional(statement, bound, cls.positional)
         table = Table(kind=Val(kind, where), span=where)
         for key, value in values.items():
             table[key] = Val(plain(value, env), where if where is not statement.span else value.span)

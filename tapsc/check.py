@@ -14,7 +14,7 @@ from tapsc import ir, limits
 from tapsc.data.catalogue import CATALOGUE
 from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
-from tapsc.shapes import ShapeError, count_relus, layer_names, layer_output_shape, split_index
+from tapsc.shapes import ShapeError, count_relus, layer_names, split_index
 
 Check = Callable[[ir.Spec], list[Diagnostic]]
 CHECKS: dict[str, Check] = {}
@@ -52,13 +52,11 @@ def _layer_fan_in(layer: ir.Node, shape: tuple[int, ...]) -> list[Diagnostic]:
 def _walk_shapes(layers, shape, problems: list[Diagnostic]):
     """Infer shapes layer by layer, recording fan-in mismatches; None after the first error."""
     for layer in layers:
-        if isinstance(layer, ir.Residual):
-            body = _walk_shapes(layer.body, shape, problems)
-            if body is None or _walk_shapes(layer.shortcut, shape, problems) is None:
-                return None
+        if any(_walk_shapes(branch, shape, problems) is None for branch in layer.branches()):
+            return None
         problems.extend(_layer_fan_in(layer, shape))
         try:
-            shape = layer_output_shape(layer, shape)
+            shape = layer.out_shape(shape)
         except ShapeError as error:
             problems.append(Diagnostic(code="shape-mismatch", message=error.message,
                                        span=error.layer.span or layer.span, help=error.help))
@@ -393,13 +391,11 @@ def check_relu_after_logits(spec: ir.Spec) -> list[Diagnostic]:
 @check
 def check_parameter_count(spec: ir.Spec) -> list[Diagnostic]:
     """The network fits in memory: the parameter count is below `limits.PARAMETER_COUNT`."""
-    from tapsc.printer import parameter_count
-
     total, largest, shape = 0, (0, spec.model), spec.model.input_shape
     for layer in spec.model.layers:
         try:
-            count = parameter_count(layer, shape)
-            shape = layer_output_shape(layer, shape)
+            count = layer.parameter_count(shape)
+            shape = layer.out_shape(shape)
         except (ShapeError, IndexError):  # reported by check_shapes
             return []
         total += count

@@ -12,6 +12,7 @@ and excludes ``end``; ``end=None`` means "until the last epoch".
 from __future__ import annotations
 
 import typing
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer, model_validator
@@ -130,19 +131,19 @@ def _window_size(minimum: int):
     return PlainValidator(check, json_schema_input_type=Union[int, tuple[int, int]])
 
 
-class LayerNode(Node):
-    """A layer kind's IR node. ``name``: written `conv(16, kernel = 3) as stem`, unique in the
-    model, read by `split at stem`. Left out of ``model_dump`` when unset, so IR without names
-    dumps as it did before names existed."""
+Shape = tuple[int, ...]
 
-    name: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _drop_unset_name(self, handler):
-        data = handler(self)
-        if isinstance(data, dict) and data.get("name", "") is None:
-            del data["name"]
-        return data
+@dataclass
+class ShapeError(Exception):
+    """A layer cannot take the shape it is given; ``layer`` carries the span."""
+
+    layer: Node
+    message: str
+    help: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # A 2-d window size: one number for both dimensions, or (height, width)
@@ -155,7 +156,97 @@ def pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+class LayerNode(Node):
+    """A layer kind's IR node: its fields are the layer's settings, and its class holds the kind's
+    torch-free facts, which the grammar, the printer, shape inference and the split read:
+
+    - ``positional``: the arguments a call takes by position, in order (the rest are named only);
+    - ``aliases``: other names of arguments (`conv(out = 16)`);
+    - ``printed_positional``: how many of the positional arguments the printer writes unnamed;
+    - ``activation``: counted as a ReLU (``relus_in_classifier``, ``relu_layers``, regularizers);
+    - ``out_shape(shape)``: the shape rule (raises `ShapeError`), ``parameter_count(in_shape)``
+      and ``branches()`` (the nested layer sequences: a residual's body and shortcut).
+
+    The kind's torch side (forward, interval, magnitude, CROWN rule, ONNX form) is the class
+    registered under the same ``kind`` in `tapsc.layers`; tests/compile/test_layer_kinds.py checks
+    that every kind has both and that they agree.
+
+    ``name``: written `conv(16, kernel = 3) as stem`, unique in the model, read by `split at stem`.
+    Left out of ``model_dump`` when unset, so IR without names dumps as it did before names existed."""
+
+    positional: ClassVar[tuple[str, ...]] = ()
+    aliases: ClassVar[dict[str, str]] = {}
+    printed_positional: ClassVar[int] = 0
+    activation: ClassVar[bool] = False
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_name(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("name", "") is None:
+            del data["name"]
+        return data
+
+    def out_shape(self, shape: Shape) -> Shape:
+        """Output shape for an input of ``shape`` (no batch dimension); raises `ShapeError`."""
+        raise NotImplementedError(f"layer kind {type(self).__name__} declares no shape rule")
+
+    def parameter_count(self, in_shape: Shape) -> int:
+        """Trainable parameters for an input of ``in_shape``: its branches' (none for a leaf);
+        kinds with weights override it."""
+        return sum(_sequence_parameters(branch, in_shape) for branch in self.branches())
+
+    def branches(self) -> tuple[tuple[LayerNode, ...], ...]:
+        """The layer sequences nested in this one (none but a residual's body and shortcut)."""
+        return ()
+
+
+class ElementwiseNode(LayerNode):
+    """A kind whose output has its input's shape (activations, batchnorm)."""
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+def _size_text(value) -> str:
+    kh, kw = pair(value)
+    return str(kh) if kh == kw else f"{kh}x{kw}"
+
+
+def _window_shape(layer: Node, shape: Shape, kernel, stride, padding, what: str) -> Shape:
+    """Output (C, H', W') of a sliding window; ``kernel``, ``stride``, ``padding``: a number or
+    (height, width)."""
+    if len(shape) != 3:
+        raise ShapeError(layer, f"{what} needs a (C, H, W) feature map, got shape {shape}",
+                         "put it before `flatten`, or use `linear` on flat vectors")
+    c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh <= 0 or ow <= 0:
+        raise ShapeError(layer, f"{what} with kernel {_size_text(kernel)} does not fit a {h}x{w} input "
+                         f"(padding {_size_text(padding)})", "use a smaller kernel or more padding")
+    return (c, oh, ow)
+
+
+def sequence_shape(layers: Sequence[LayerNode], shape: Shape) -> Shape:
+    """Output shape of a layer sequence; raises `ShapeError` at the first layer that does not fit."""
+    for layer in layers:
+        shape = layer.out_shape(shape)
+    return shape
+
+
+def _sequence_parameters(layers: Sequence[LayerNode], shape: Shape) -> int:
+    total = 0
+    for layer in layers:
+        total += layer.parameter_count(shape)
+        shape = layer.out_shape(shape)
+    return total
+
+
 class Conv(LayerNode):
+    positional: ClassVar[tuple[str, ...]] = ("out_channels", "kernel", "stride", "padding")
+    aliases: ClassVar[dict[str, str]] = {"out": "out_channels", "channels": "out_channels", "pad": "padding"}
+    printed_positional: ClassVar[int] = 1
     kind: Literal["conv"] = "conv"
     out_channels: PositiveInt
     kernel: PositivePair
@@ -163,47 +254,89 @@ class Conv(LayerNode):
     padding: NonNegativePair = 0
     bias: bool = True
 
+    def out_shape(self, shape: Shape) -> Shape:
+        _, oh, ow = _window_shape(self, shape, self.kernel, self.stride, self.padding, "conv")
+        return (self.out_channels, oh, ow)
+
+    def parameter_count(self, in_shape: Shape) -> int:
+        kh, kw = pair(self.kernel)
+        return self.out_channels * in_shape[0] * kh * kw + (self.out_channels if self.bias else 0)
+
 
 class Linear(LayerNode):
+    positional: ClassVar[tuple[str, ...]] = ("out_features",)
+    aliases: ClassVar[dict[str, str]] = {"out": "out_features", "features": "out_features", "in": "in_features"}
+    printed_positional: ClassVar[int] = 1
     kind: Literal["linear"] = "linear"
     out_features: PositiveInt
     bias: bool = True
     in_features: PositiveInt | None = None  # optional, checked against the inferred fan-in
 
+    def out_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 1:
+            raise ShapeError(self, f"linear needs a flat vector, got shape {shape}", "insert `flatten` before it")
+        return (self.out_features,)
 
-class BatchNorm(LayerNode):
+    def parameter_count(self, in_shape: Shape) -> int:
+        return self.out_features * in_shape[0] + (self.out_features if self.bias else 0)
+
+
+class BatchNorm(ElementwiseNode):
     """BatchNorm over channels (2d after conv, 1d after linear: chosen from the shape)."""
 
     kind: Literal["batchnorm"] = "batchnorm"
     eps: PositiveFloat = 1e-5
     momentum: UnitFloat = 0.1
 
+    def parameter_count(self, in_shape: Shape) -> int:
+        return 2 * in_shape[0]
 
-class ReLU(LayerNode):
+
+class ReLU(ElementwiseNode):
+    activation: ClassVar[bool] = True
     kind: Literal["relu"] = "relu"
-    activation: ClassVar[bool] = True  # counted by `relus_in_classifier` and the ReLU regularizers
 
 
-class LeakyReLU(LayerNode):
+class LeakyReLU(ElementwiseNode):
     """y = x for x >= 0, slope * x below; 0 <= slope < 1 keeps it monotone and convex."""
 
-    kind: Literal["leaky_relu"] = "leaky_relu"
+    positional: ClassVar[tuple[str, ...]] = ("slope",)
     activation: ClassVar[bool] = True
+    kind: Literal["leaky_relu"] = "leaky_relu"
     slope: Annotated[float, Field(ge=0, lt=1)] = 0.01
 
 
 class Flatten(LayerNode):
     kind: Literal["flatten"] = "flatten"
 
+    def out_shape(self, shape: Shape) -> Shape:
+        size = 1
+        for dim in shape:
+            size *= dim
+        return (size,)
 
-class AvgPool(LayerNode):
+
+class _Pool(LayerNode):
+    """What both pools share (each declares its fields, so they dump in the order they always had)."""
+
+    positional: ClassVar[tuple[str, ...]] = ("kernel", "stride", "padding")
+    aliases: ClassVar[dict[str, str]] = {"pad": "padding"}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if any(p * 2 > k for p, k in zip(pair(self.padding), pair(self.kernel))):
+            raise ShapeError(self, f"{self.kind} padding {_size_text(self.padding)} is more than half its "
+                             f"kernel {_size_text(self.kernel)}", "padding may be at most kernel // 2")
+        return _window_shape(self, shape, self.kernel, self.stride or self.kernel, self.padding, self.kind)
+
+
+class AvgPool(_Pool):
     kind: Literal["avgpool"] = "avgpool"
     kernel: PositivePair
     stride: PositivePair | None = None  # None: same as kernel
     padding: NonNegativePair = 0
 
 
-class MaxPool(LayerNode):
+class MaxPool(_Pool):
     kind: Literal["maxpool"] = "maxpool"
     kernel: PositivePair
     stride: PositivePair | None = None  # None: same as kernel
@@ -217,13 +350,23 @@ class Residual(LayerNode):
     body: tuple["Layer", ...]
     shortcut: tuple["Layer", ...] = ()
 
+    def out_shape(self, shape: Shape) -> Shape:
+        body_shape, short_shape = sequence_shape(self.body, shape), sequence_shape(self.shortcut, shape)
+        if body_shape != short_shape:
+            raise ShapeError(self, f"residual body gives shape {body_shape} but its shortcut gives {short_shape}",
+                             "give the shortcut a conv that matches the body's channels and stride")
+        return body_shape
+
+    def branches(self) -> tuple[tuple[LayerNode, ...], ...]:
+        return (self.body, self.shortcut)
+
 
 Layer = Annotated[
     Union[Conv, Linear, BatchNorm, ReLU, LeakyReLU, Flatten, AvgPool, MaxPool, Residual],
     Field(discriminator="kind"),
 ]
 # kind -> IR class, derived from the union (the one list of layer kinds)
-LAYER_NODES: dict[str, type[Node]] = {
+LAYER_NODES: dict[str, type[LayerNode]] = {
     cls.model_fields["kind"].default: cls for cls in typing.get_args(typing.get_args(Layer)[0])}
 LAYER_KINDS = tuple(LAYER_NODES)
 

@@ -96,9 +96,6 @@ def _augmentation(item: ir.Node) -> str:
     return item.kind
 
 
-_FIRST = {"conv": "out_channels", "linear": "out_features"}
-
-
 def _layer(layer: ir.Node, depth: int) -> list[str]:
     suffix = f" as {layer.name}" if layer.name is not None else ""
     if isinstance(layer, ir.Residual):
@@ -108,8 +105,7 @@ def _layer(layer: ir.Node, depth: int) -> list[str]:
             lines += _section("shortcut", shortcut)
         return _section("residual" + suffix, lines)
     named = _changed(layer, ("name",))
-    first = _FIRST.get(layer.kind)
-    positional = [named.pop(first)] if first else []
+    positional = [named.pop(name) for name in layer.positional[:layer.printed_positional]]
     return [_call(layer.kind, positional, named) + suffix]
 
 
@@ -187,37 +183,15 @@ def print_spec(spec: ir.Spec) -> str:
 # ---------------------------------------------------------------- layer table (for `tapsc show`)
 
 
-def parameter_count(layer: ir.Node, in_shape: tuple[int, ...]) -> int:
-    """Trainable parameters of one layer, computed from shapes (no torch)."""
-    if isinstance(layer, ir.Conv):
-        kh, kw = ir.pair(layer.kernel)
-        return layer.out_channels * in_shape[0] * kh * kw + (layer.out_channels if layer.bias else 0)
-    if isinstance(layer, ir.Linear):
-        return layer.out_features * in_shape[0] + (layer.out_features if layer.bias else 0)
-    if isinstance(layer, ir.BatchNorm):
-        return 2 * in_shape[0]
-    if isinstance(layer, ir.Residual):
-        from tapsc.shapes import layer_output_shape
-
-        total = 0
-        for branch in (layer.body, layer.shortcut):
-            shape = in_shape
-            for inner in branch:
-                total += parameter_count(inner, shape)
-                shape = layer_output_shape(inner, shape)
-        return total
-    return 0
-
-
 def layer_rows(spec: ir.Spec) -> list[dict[str, Any]]:
     """One row per top-level layer: index, kind, arguments, output shape, parameters, ReLUs, part."""
-    from tapsc.shapes import count_relus, layer_output_shape, split_index
+    from tapsc.shapes import count_relus, split_index
 
     split = split_index(spec.model, spec.split)
     rows, shape = [], spec.model.input_shape
     for index, layer in enumerate(spec.model.layers):
-        params = parameter_count(layer, shape)
-        shape = layer_output_shape(layer, shape)
+        params = layer.parameter_count(shape)
+        shape = layer.out_shape(shape)
         arguments = _layer(layer, 0)[0] if not isinstance(layer, ir.Residual) else \
             f"residual ({len(layer.body)} layers, shortcut {len(layer.shortcut) or 'identity'})"
         rows.append({"index": index, "kind": layer.kind, "layer": arguments, "shape": shape, "params": params,

@@ -7,28 +7,20 @@ topological order: node 0 is the input, each leaf layer is one node reading one
 earlier node, and a residual block becomes its body's chain, its shortcut's chain
 (possibly empty), and an ``add`` node reading both ends.
 
-Which modules are containers is a table keyed by class (``CONTAINERS``), filled by
-`register_container`; tapsc's own residual layer is registered in `tapsc.certify.rules`.
+A container says so itself: its ``branches()`` returns the two layer sequences whose
+outputs it sums (tapsc's residual layer, `tapsc.layers.base.BoundLayer.branches`); any
+other module is a leaf.
 
 Shape legend: B batch; the rest of a shape is the node's per-sample shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-
-# A container expander returns the two branches of a block whose output is their sum.
-Expander = Callable[[nn.Module], tuple[Sequence[nn.Module], Sequence[nn.Module]]]
-CONTAINERS: dict[type, Expander] = {}
-
-
-def register_container(cls: type, expander: Expander) -> None:
-    """Declare ``cls`` a sum-of-branches block; ``expander(m) -> (body, shortcut)``."""
-    CONTAINERS[cls] = expander
 
 
 @dataclass(frozen=True)
@@ -78,22 +70,15 @@ class Graph:
 
 def _expand(graph: Graph, layers: Sequence[nn.Module], source: int) -> int:
     for layer in layers:
-        expander = _container_expander(layer)
-        if expander is None:
+        branches = layer.branches() if hasattr(layer, "branches") else ()
+        if not branches:
             source = graph.add("layer", (source,), layer)
             continue
-        body, shortcut = expander(layer)
+        body, shortcut = branches
         body_end = _expand(graph, body, source)
         shortcut_end = _expand(graph, shortcut, source)
         source = graph.add("add", (body_end, shortcut_end))
     return source
-
-
-def _container_expander(layer: nn.Module) -> Expander | None:
-    for cls in type(layer).__mro__:
-        if cls in CONTAINERS:
-            return CONTAINERS[cls]
-    return None
 
 
 def build_graph(layers: Sequence[nn.Module]) -> Graph:

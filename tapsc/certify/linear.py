@@ -74,7 +74,6 @@ class LinearBounds:
 
     def __init__(self, layers: Sequence[nn.Module], chunk_elements: int = 1 << 25,
                  dtype: torch.dtype = CERTIFY_DTYPE):
-        rules.register_tapsc_layers()
         self.dtype = dtype
         self.layers = [_detached_copy(layer).to(dtype).eval() for layer in layers]
         self.graph: Graph = build_graph(self.layers)

@@ -1,19 +1,20 @@
-"""Bound rules for each layer class: one table per interpretation (JAX style).
+"""Bound rules of each layer: on tapsc's layer classes, and in tables for plain torch classes.
 
-Two tables, keyed by layer class, so the layer classes (owned by the compiler) never
-change when certification learns a new trick:
+tapsc's own layer kinds carry every rule (`tapsc.layers.base.BoundLayer`): ``interval``,
+``magnitude``, ``backward`` (one of the rules below, or the kind's own) and ``relaxed``; a
+residual block declares ``branches`` (`tapsc.certify.graph`). Plain torch modules (the folded
+export model, user-supplied networks) get entries in tables keyed by class, filled by
+`register`; a table entry wins over the layer's own rule (tests use that to plant mutants):
 
-- ``INTERVAL_RULES``: IBP through one layer. tapsc's own layers carry their
-  ``interval`` method, which is used when a class has no entry here; plain torch
-  modules (the folded export model) get entries below.
+- ``INTERVAL_RULES``: IBP through one layer.
 - ``BACKWARD_RULES``: back-substitution of a linear lower bound ``A . y + bias``
   through one layer ``y = layer(x)``, given the box of the layer's input. Returns the
   coefficients on ``x``, the added bias, and a bound on the rounding error the step made
   (`tapsc.certify.rounding`): for every x in the box, in exact arithmetic,
   ``A . layer(x) >= A_in . x + bias - error``.
 - ``MAGNITUDE_RULES``: a bound on |J| |x| + |f0| per output (`magnitude`), which scales
-  the rounding error of every sum an affine layer forms. tapsc's layers carry their
-  ``magnitude`` method.
+  the rounding error of every sum an affine layer forms.
+- ``RELAXED``: classes whose backward rule relaxes the layer over its input box.
 
 Rules, in words:
 - affine layers (conv, linear, eval-mode batchnorm, normalize, flatten, avgpool,
@@ -39,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tapsc.certify import rounding
-from tapsc.certify.graph import register_container
 from tapsc.errors import Diagnostic, TapscError
 
 # backward(layer, A_BSY, lo_BX, hi_BX) -> (A_BSX, bias_BS, error_BS)
@@ -55,16 +55,20 @@ MAGNITUDE_RULES: dict[type, MagnitudeRule] = {}
 RELAXED: set[type] = set()  # classes whose backward rule reads the input box
 
 
-def _sum_rows(t_BSY: torch.Tensor) -> torch.Tensor:
+# ---------------------------------------------------------------- helpers (a kind's own rule uses them too)
+
+
+def sum_rows(t_BSY: torch.Tensor) -> torch.Tensor:
+    """(B, S, *Y) -> (B, S): each bound row's sum."""
     return t_BSY.flatten(2).sum(-1)
 
 
-def _terms(lo_BX: torch.Tensor, A_BSY: torch.Tensor) -> int:
+def term_count(lo_BX: torch.Tensor, A_BSY: torch.Tensor) -> int:
     """A bound on the terms of any one sum a rule forms: input plus output size per sample."""
     return lo_BX[0].numel() + A_BSY[0, 0].numel()
 
 
-def _rows_error(A_BSY: torch.Tensor, size_BY: torch.Tensor, terms: int) -> torch.Tensor:
+def rows_error(A_BSY: torch.Tensor, size_BY: torch.Tensor, terms: int) -> torch.Tensor:
     """Rounding error bound of sums whose terms are bounded by |A| * size (per bound row)."""
     rows_BS = torch.bmm(A_BSY.abs().flatten(2), size_BY.flatten(1).unsqueeze(2)).squeeze(2)
     return rounding.sum_error(rows_BS, terms)
@@ -76,7 +80,7 @@ def _rows_error(A_BSY: torch.Tensor, size_BY: torch.Tensor, terms: int) -> torch
 def affine_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     """Exact transpose of an affine layer y = J x + f0: coefficients A J, bias A . f0.
 
-    Rounding: each entry of A J and the bias are sums of at most ``_terms`` products, so
+    Rounding: each entry of A J and the bias are sums of at most ``term_count`` products, so
     (A J - fl(A J)) . x + (A . f0 - fl(A . f0)) is at most gamma (|A| |J| |x| + |A| |f0|)
     <= gamma |A| . magnitude(layer, max|x|) per row, twice over for the two sums.
     """
@@ -85,9 +89,9 @@ def affine_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     f0_RY, pull = torch.func.vjp(layer, x0_RX)
     (A_RX,) = pull(A_BSY.reshape(B * S, *A_BSY.shape[2:]))
     f0_1Y = f0_RY[:1].unsqueeze(0)  # layer(0) is the same for every row
-    bias_BS = _sum_rows(A_BSY * f0_1Y)
+    bias_BS = sum_rows(A_BSY * f0_1Y)
     size_BY = magnitude(layer, rounding.magnitude_of(lo_BX, hi_BX))
-    error_BS = 2 * _rows_error(A_BSY, size_BY, _terms(lo_BX, A_BSY))
+    error_BS = 2 * rows_error(A_BSY, size_BY, term_count(lo_BX, A_BSY))
     return A_RX.reshape(B, S, *lo_BX.shape[1:]), bias_BS, error_BS
 
 
@@ -130,7 +134,7 @@ def _rectifier_backward(leak: float, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tenso
     A_pos, A_neg = A_BSY.clamp(min=0), A_BSY.clamp(max=0)
     A_BSX = A_pos * low_slope + A_neg * up_slope
     size_BX = rounding.magnitude_of(lo_BX, hi_BX) + up_icpt.squeeze(1)
-    return A_BSX, _sum_rows(A_neg * up_icpt), _rows_error(A_BSY, size_BX, _terms(lo_BX, A_BSY))
+    return A_BSX, sum_rows(A_neg * up_icpt), rows_error(A_BSY, size_BX, term_count(lo_BX, A_BSY))
 
 
 def relu_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX, alpha_BSX: torch.Tensor | None = None):
@@ -209,7 +213,7 @@ def maxpool_backward(layer: nn.Module, A_BSY, lo_BX, hi_BX):
     # Rounding: fold sums overlapping windows' coefficients, the bias sums A- times the
     # largest upper bound: both bounded by gamma |A| . maxpool(max|x|).
     size_BY = magnitude(layer, rounding.magnitude_of(lo_BX, hi_BX))
-    return A_BSX, _sum_rows(const_BSCL), 2 * _rows_error(A_BSY, size_BY, _terms(lo_BX, A_BSY))
+    return A_BSX, sum_rows(const_BSCL), 2 * rows_error(A_BSY, size_BY, term_count(lo_BX, A_BSY))
 
 
 # ---------------------------------------------------------------- interval rules (plain torch)
@@ -270,8 +274,8 @@ def _positive_magnitude(layer, m):
 
 def register(cls: type, backward: BackwardRule, interval: IntervalRule | None = None,
              relaxed: bool = False, magnitude: MagnitudeRule | None = None) -> None:
-    """Add ``cls`` to the tables (``interval=None`` / ``magnitude=None``: use the layer's own
-    ``interval`` / ``magnitude`` method)."""
+    """Add the plain torch class ``cls`` to the tables (``interval=None`` / ``magnitude=None``:
+    use the layer's own ``interval`` / ``magnitude`` method)."""
     BACKWARD_RULES[cls] = backward
     if interval is not None:
         INTERVAL_RULES[cls] = interval
@@ -291,38 +295,6 @@ register(nn.ReLU, relu_backward, _monotone_interval, relaxed=True, magnitude=_po
 register(nn.LeakyReLU, leaky_relu_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
 register(nn.MaxPool2d, maxpool_backward, _monotone_interval, relaxed=True, magnitude=_positive_magnitude)
 
-# ---------------------------------------------------------------- tapsc layer kinds
-
-KIND_RULES: dict[str, tuple[BackwardRule, bool]] = {
-    "conv": (affine_backward, False), "linear": (affine_backward, False),
-    "batchnorm": (affine_backward, False), "normalize": (affine_backward, False),
-    "flatten": (affine_backward, False), "avgpool": (affine_backward, False),
-    "identity": (affine_backward, False), "relu": (relu_backward, True),
-    "leaky_relu": (leaky_relu_backward, True),
-    "maxpool": (maxpool_backward, True),
-}
-_tapsc_registered = False
-
-
-def _residual_branches(layer: nn.Module):
-    return tuple(layer.body), tuple(layer.shortcut or ())
-
-
-def register_tapsc_layers() -> None:
-    """Key the rules by tapsc's layer classes, found through its kind registry."""
-    global _tapsc_registered
-    if _tapsc_registered:
-        return
-    from tapsc.layers import LAYERS
-
-    for kind, cls in LAYERS.items():
-        if kind in KIND_RULES:
-            backward, relaxed = KIND_RULES[kind]
-            register(cls, backward, relaxed=relaxed)
-        elif kind == "residual":
-            register_container(cls, _residual_branches)
-    _tapsc_registered = True
-
 
 def _lookup(table: dict, layer: nn.Module):
     for cls in type(layer).__mro__:
@@ -332,15 +304,19 @@ def _lookup(table: dict, layer: nn.Module):
 
 
 def no_rule_error(layer: nn.Module, what: str) -> TapscError:
-    kinds = ", ".join(sorted(KIND_RULES))
+    """Every registered kind has every rule (tests/compile/test_layer_kinds.py): they are the help."""
+    from tapsc.layers import LAYERS  # the layers import this module
+
+    kinds = ", ".join(sorted(LAYERS))
     return TapscError(Diagnostic(
         code="no-bound-rule", message=f"certification has no {what} rule for layer `{type(layer).__name__}`",
-        help=f"layer kinds with bound rules: {kinds}, residual"))
+        help=f"layer kinds with bound rules: {kinds}"))
 
 
 def backward_rule(layer: nn.Module) -> BackwardRule:
-    """The back-substitution rule for ``layer``'s class (TapscError if none)."""
-    rule = _lookup(BACKWARD_RULES, layer)
+    """The back-substitution rule for ``layer``: its class's table entry, else the layer's own
+    ``backward`` (TapscError if neither)."""
+    rule = _lookup(BACKWARD_RULES, layer) or getattr(type(layer), "backward", None)
     if rule is None:
         raise no_rule_error(layer, "back-substitution")
     return rule
@@ -370,5 +346,6 @@ def magnitude(layer: nn.Module, m: torch.Tensor) -> torch.Tensor:
 
 
 def is_relaxed(layer: nn.Module) -> bool:
-    """Whether the layer's backward rule needs its input box (relu, maxpool)."""
-    return any(cls in RELAXED for cls in type(layer).__mro__)
+    """Whether the layer's backward rule relaxes it over its input box (relu, maxpool): the
+    ``RELAXED`` table, else the layer's own ``relaxed``."""
+    return any(cls in RELAXED for cls in type(layer).__mro__) or bool(getattr(type(layer), "relaxed", False))

@@ -1,6 +1,7 @@
 """ONNX export of the concrete network, in the form external verifiers read as it is.
 
-The network is first lowered to a plain torch model of folded layers (`export_model`):
+The network is first lowered to a plain torch model of folded layers (`export_model`): each
+layer gives its plain torch module (``onnx_module``, on its class in `tapsc.layers`), then
 - BatchNorm (eval statistics) is folded into the conv/linear right before it (NeuralSAT
   and other onnx2pytorch tools reject the ``training_mode`` attribute PyTorch writes on
   ``BatchNormalization``);
@@ -27,94 +28,32 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tapsc.errors import UnsupportedExport
+from tapsc.export.modules import ChannelAffine, ResidualAdd
+from tapsc.layers import LAYERS
 
 PLAIN_OPS = {"Conv", "Gemm", "MatMul", "Add", "Relu", "LeakyRelu", "Flatten", "Reshape", "AveragePool", "MaxPool", "Pad",
              "Constant"}
 
 
-class ChannelAffine(nn.Module):
-    """y = scale * x + shift per channel (dim 1); only lives until `_materialize`."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
-        super().__init__()
-        self.scale, self.shift = scale.detach().clone(), shift.detach().clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.scale.reshape(view) + self.shift.reshape(view)
-
-
-class ResidualAdd(nn.Module):
-    """body(x) + shortcut(x), exported as an ONNX ``Add``."""
-
-    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential):
-        super().__init__()
-        self.body, self.shortcut = body, shortcut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
-
-
 # ---------------------------------------------------------------- lowering tapsc layers
 
 
-def _batchnorm_affine(layer) -> ChannelAffine:
-    scale = layer.weight * torch.rsqrt(layer.running_var + layer.eps)
-    return ChannelAffine(scale, layer.bias - layer.running_mean * scale)
-
-
-def _normalize_affine(layer) -> ChannelAffine:
-    std, mean = layer.std.flatten(), layer.mean.flatten()
-    return ChannelAffine(1 / std, -mean / std)
-
-
-def _conv(layer) -> nn.Conv2d:
-    out_c, in_c, kh, kw = layer.weight.shape
-    conv = nn.Conv2d(in_c, out_c, (kh, kw), layer.stride, layer.padding, bias=True)
-    conv.weight.data.copy_(layer.weight.detach())
-    conv.bias.data.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_c))
-    return conv
-
-
-def _linear(layer) -> nn.Linear:
-    out_f, in_f = layer.weight.shape
-    linear = nn.Linear(in_f, out_f, bias=True)
-    linear.weight.data.copy_(layer.weight.detach())
-    linear.bias.data.copy_(layer.bias.detach() if layer.bias is not None else torch.zeros(out_f))
-    return linear
-
-
-LOWERINGS = {
-    "conv": _conv,
-    "linear": _linear,
-    "batchnorm": _batchnorm_affine,
-    "normalize": _normalize_affine,
-    "relu": lambda layer: nn.ReLU(),
-    "leaky_relu": lambda layer: nn.LeakyReLU(layer.negative_slope),
-    "flatten": lambda layer: nn.Flatten(),
-    "maxpool": lambda layer: nn.MaxPool2d(layer.kernel, layer.stride, layer.padding),
-    "avgpool": lambda layer: nn.AvgPool2d(layer.kernel, layer.stride, layer.padding),
-    "identity": lambda layer: None,
-}
-
-
 def _lower(layers: Sequence[nn.Module], probe: torch.Tensor) -> list[nn.Module]:
+    """Each layer's plain torch module (its ``onnx_module``), nested sequences lowered in turn."""
     lowered: list[nn.Module] = []
     for layer in layers:
-        kind = getattr(layer, "kind", type(layer).__name__)
-        if kind == "residual":
-            module = ResidualAdd(_build(layer.body, probe), _build(layer.shortcut, probe))
-        elif kind in LOWERINGS:
-            module = LOWERINGS[kind](layer)
-        else:
+        if not hasattr(layer, "onnx_module"):
+            kind = getattr(layer, "kind", type(layer).__name__)
             raise UnsupportedExport(f"layer kind `{kind}` has no ONNX form in tapsc's exporter",
-                                    help=f"exportable kinds: {', '.join(sorted(LOWERINGS))}, residual")
+                                    help=f"exportable kinds: {', '.join(sorted(LAYERS))}")
+        module = layer.onnx_module(partial(_build, probe=probe))
         if module is not None:
             lowered.append(module)
             probe = module(probe)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tapsc import ir
+from tapsc.certify import rules
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape, ShapeError, layer_output_shape
+from tapsc.shapes import Shape, ShapeError
 
 
 def _centre_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,6 +29,7 @@ class Conv(BoundLayer):
     """2-d convolution; parameters ``weight`` (O, C, kh, kw) and ``bias`` (O,) as in nn.Conv2d."""
 
     autocast = "lowers"
+    backward = rules.affine_backward
 
     def __init__(self, in_channels: int, node: ir.Conv):
         super().__init__()
@@ -41,7 +43,7 @@ class Conv(BoundLayer):
 
     @classmethod
     def build(cls, node: ir.Conv, in_shape: Shape):
-        out_shape = layer_output_shape(node, in_shape)
+        out_shape = node.out_shape(tuple(in_shape))
         return cls(in_shape[0], node), out_shape
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
@@ -57,6 +59,13 @@ class Conv(BoundLayer):
         bias = None if self.bias is None else self.bias.abs()
         return F.conv2d(m_BCHW, self.weight.abs(), bias, self.stride, self.padding)
 
+    def onnx_module(self, lower) -> nn.Conv2d:
+        out_c, in_c, kh, kw = self.weight.shape
+        conv = nn.Conv2d(in_c, out_c, (kh, kw), self.stride, self.padding, bias=True)
+        conv.weight.data.copy_(self.weight.detach())
+        conv.bias.data.copy_(self.bias.detach() if self.bias is not None else torch.zeros(out_c))
+        return conv
+
     @property
     def fan_in(self) -> int:
         return self.weight[0].numel()
@@ -71,6 +80,7 @@ class Linear(BoundLayer):
     """Fully connected layer; parameters ``weight`` (O, I) and ``bias`` (O,) as in nn.Linear."""
 
     autocast = "lowers"
+    backward = rules.affine_backward
 
     def __init__(self, in_features: int, node: ir.Linear):
         super().__init__()
@@ -80,7 +90,7 @@ class Linear(BoundLayer):
 
     @classmethod
     def build(cls, node: ir.Linear, in_shape: Shape):
-        out_shape = layer_output_shape(node, in_shape)
+        out_shape = node.out_shape(tuple(in_shape))
         declared = getattr(node, "in_features", None)
         if declared is not None and declared != in_shape[0]:
             raise ShapeError(node, f"linear declares in_features={declared} but receives {in_shape[0]} features",
@@ -98,6 +108,13 @@ class Linear(BoundLayer):
 
     def magnitude(self, m_BI):
         return F.linear(m_BI, self.weight.abs(), None if self.bias is None else self.bias.abs())
+
+    def onnx_module(self, lower) -> nn.Linear:
+        out_f, in_f = self.weight.shape
+        linear = nn.Linear(in_f, out_f, bias=True)
+        linear.weight.data.copy_(self.weight.detach())
+        linear.bias.data.copy_(self.bias.detach() if self.bias is not None else torch.zeros(out_f))
+        return linear
 
     @property
     def fan_in(self) -> int:

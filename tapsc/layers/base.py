@@ -1,9 +1,15 @@
 """The layer registry and the base class every layer kind derives from.
 
-A layer kind is one small ``nn.Module`` class with two interpretations side by side:
-``forward(x)`` (concrete) and ``interval(lo, hi)`` (interval arithmetic, IBP). Kinds are
-registered under their IR keyword with ``@register_layer("conv")``; the compiler looks
-them up in ``LAYERS`` and never by name mangling.
+A layer kind's torch side is one small ``nn.Module`` class holding every interpretation of
+the kind: ``forward(x)`` (concrete), ``interval(lo, hi)`` (interval arithmetic, IBP),
+``magnitude(m)`` (what certification's rounding-error bounds scale with), ``backward`` (the
+CROWN back-substitution rule, `tapsc.certify.rules`) with ``relaxed``, and ``onnx_module``
+(the plain torch module it exports as, `tapsc.export.onnx`). Its torch-free side (positional
+arguments, shape rule, "is an activation") is the IR class of the same kind (`tapsc.ir`), which
+the IR cannot take from here without importing torch. Kinds are registered under their IR
+keyword with ``@register_layer("conv")``; the compiler, certification and the exporter look
+them up in ``LAYERS`` or read the layer's class, never by name mangling, and
+tests/compile/test_layer_kinds.py checks every registered kind has every rule.
 
 Soundness: every ``interval`` returns bounds that contain ``forward(x)`` for every ``x``
 in the input box, exactly in real arithmetic. Monotone kinds (relu, pools, flatten,
@@ -18,7 +24,7 @@ Shape legend: B batch, C channels, H height, W width, D features.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -45,14 +51,26 @@ def register_layer(kind: str) -> Callable[[L], L]:
 
 
 class BoundLayer(nn.Module):
-    """One layer with a concrete and an interval interpretation.
+    """One layer with its concrete, interval, certification and export interpretations.
 
-    Subclasses implement ``build`` and ``forward``. The default ``interval`` applies
-    ``forward`` to both bounds, which is sound (and tight) for monotone
-    non-decreasing maps; affine kinds override it.
+    Subclasses implement ``build``, ``forward`` and ``magnitude``, and declare:
+
+    - ``backward(A_BSY, lo_BX, hi_BX) -> (A_BSX, bias_BS, error_BS)``: the back-substitution
+      rule, usually one of `tapsc.certify.rules` assigned as a class attribute
+      (``backward = rules.affine_backward``), with ``relaxed`` set when it relaxes the layer
+      over its input box (CROWN then tightens that box); a container (residual) declares
+      ``branches()`` instead, and certification bounds each branch;
+    - ``onnx_module(lower) -> nn.Module | None``: the plain torch module the exporter writes
+      (None: nothing, the identity); ``lower(layers)`` lowers a nested sequence.
+
+    There are no defaults for these: a kind without one fails the completeness test, and a
+    layer without one is a clear error in certification or export. The default ``interval``
+    applies ``forward`` to both bounds, which is sound (and tight) for monotone non-decreasing
+    maps; other kinds override it.
     """
 
     kind: str = ""
+    relaxed: ClassVar[bool] = False  # whether ``backward`` relaxes the layer over its input box (relu, maxpool)
     # How the layer meets autocast: "lowers" (autocast runs it in the low-precision dtype,
     # casting its input first: conv, linear), "reshapes" (moves values without arithmetic),
     # or "other". The latent attack uses it to hold its differentiated iterate in the dtype
@@ -77,6 +95,11 @@ class BoundLayer(nn.Module):
         rounding error bounds scale with it (`tapsc.certify.rounding`). Every kind declares
         its own: there is no default that could be silently wrong."""
         raise NotImplementedError(f"layer kind {self.kind!r} declares no magnitude rule")
+
+    def branches(self) -> tuple[nn.ModuleList, ...]:
+        """The layer sequences whose outputs this layer sums (residual: body, shortcut); a leaf
+        layer has none."""
+        return ()
 
 
 def build_layers(layers_ir: tuple[ir.Node, ...], in_shape: Shape) -> tuple[list[BoundLayer], Shape]:

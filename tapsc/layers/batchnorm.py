@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from tapsc import ir
+from tapsc.certify import rules
+from tapsc.export.modules import ChannelAffine
 from tapsc.layers.base import BoundLayer, register_layer
 from tapsc.shapes import Shape
 
@@ -44,7 +46,10 @@ def local_statistics(x: torch.Tensor, reduce_dims: tuple[int, ...]):
 
 @register_layer("batchnorm")
 class BatchNorm(BoundLayer):
-    """BatchNorm over dim 1 for (B, C, H, W) or (B, D); state dict keys as nn.BatchNorm."""
+    """BatchNorm over dim 1 for (B, C, H, W) or (B, D); state dict keys as nn.BatchNorm.
+    Certification and export see it in eval mode: an affine map of the running statistics."""
+
+    backward = rules.affine_backward
 
     def __init__(self, channels: int, ndim: int, node: ir.BatchNorm):
         super().__init__()
@@ -86,6 +91,11 @@ class BatchNorm(BoundLayer):
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         scale, shift = self._affine()
         return m * scale.abs() + shift.abs()
+
+    def onnx_module(self, lower) -> ChannelAffine:
+        """The eval-mode map, which the exporter folds into a neighbouring conv or linear."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return ChannelAffine(scale, self.bias - self.running_mean * scale)
 
     def _record(self, x: torch.Tensor) -> None:
         mean, var, unbiased = self.statistics(x, self.reduce_dims)

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tapsc import ir
+from tapsc.certify import rules
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.export.modules import ChannelAffine
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape, layer_output_shape
+from tapsc.shapes import Shape
 
 
 @register_layer("relu")
 class ReLU(BoundLayer):
+    backward = rules.relu_backward
+    relaxed = True
+
     @classmethod
     def build(cls, node, in_shape: Shape):
         return cls(), tuple(in_shape)
@@ -31,6 +37,9 @@ class ReLU(BoundLayer):
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         return m
 
+    def onnx_module(self, lower) -> nn.ReLU:
+        return nn.ReLU()
+
 
 @register_layer("leaky_relu")
 class LeakyReLU(BoundLayer):
@@ -40,6 +49,9 @@ class LeakyReLU(BoundLayer):
     slope rounded to float32: then float32 and float64 evaluations use the same real
     slope, the one certification reasons about and the ONNX file stores.
     """
+
+    backward = rules.leaky_relu_backward
+    relaxed = True
 
     def __init__(self, slope: float):
         super().__init__()
@@ -55,6 +67,9 @@ class LeakyReLU(BoundLayer):
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         return m  # |y| <= |x| and y is the single term x or slope * x
 
+    def onnx_module(self, lower) -> nn.LeakyReLU:
+        return nn.LeakyReLU(self.negative_slope)
+
     def extra_repr(self) -> str:
         return f"slope={self.negative_slope}"
 
@@ -62,10 +77,11 @@ class LeakyReLU(BoundLayer):
 @register_layer("flatten")
 class Flatten(BoundLayer):
     autocast = "reshapes"
+    backward = rules.affine_backward
 
     @classmethod
     def build(cls, node, in_shape: Shape):
-        return cls(), layer_output_shape(ir.Flatten(), tuple(in_shape))
+        return cls(), ir.Flatten().out_shape(tuple(in_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -73,12 +89,16 @@ class Flatten(BoundLayer):
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         return self.forward(m)
 
+    def onnx_module(self, lower) -> nn.Flatten:
+        return nn.Flatten()
+
 
 @register_layer("identity")
 class Identity(BoundLayer):
     """No-op; the empty shortcut of a residual block."""
 
     autocast = "reshapes"
+    backward = rules.affine_backward
 
     @classmethod
     def build(cls, node, in_shape: Shape):
@@ -90,6 +110,9 @@ class Identity(BoundLayer):
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         return m
 
+    def onnx_module(self, lower) -> None:
+        return None  # nothing to write
+
 
 class _Pool(BoundLayer):
     def __init__(self, node: ir.AvgPool | ir.MaxPool):
@@ -100,7 +123,7 @@ class _Pool(BoundLayer):
 
     @classmethod
     def build(cls, node, in_shape: Shape):
-        return cls(node), layer_output_shape(node, tuple(in_shape))
+        return cls(node), node.out_shape(tuple(in_shape))
 
     def magnitude(self, m_BCHW: torch.Tensor) -> torch.Tensor:
         """Both pools have nonnegative weights and no bias: the pool of m bounds the terms."""
@@ -109,16 +132,27 @@ class _Pool(BoundLayer):
 
 @register_layer("maxpool")
 class MaxPool(_Pool):
+    backward = rules.maxpool_backward
+    relaxed = True
+
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(x_BCHW, self.kernel, self.stride, self.padding)
+
+    def onnx_module(self, lower) -> nn.MaxPool2d:
+        return nn.MaxPool2d(self.kernel, self.stride, self.padding)
 
 
 @register_layer("avgpool")
 class AvgPool(_Pool):
     """Average pooling; zero padding counts in the average (PyTorch's default)."""
 
+    backward = rules.affine_backward  # fixed nonnegative weights: affine
+
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x_BCHW, self.kernel, self.stride, self.padding)
+
+    def onnx_module(self, lower) -> nn.AvgPool2d:
+        return nn.AvgPool2d(self.kernel, self.stride, self.padding)
 
 
 @register_layer("normalize")
@@ -128,6 +162,8 @@ class Normalize(BoundLayer):
     Inputs stay in [0, 1] pixel units, so eps is never rescaled. ``mean`` and ``std``
     are buffers (in the state dict, so exporters see them).
     """
+
+    backward = rules.affine_backward
 
     def __init__(self, mean_C: torch.Tensor, std_C: torch.Tensor, ndim: int):
         super().__init__()
@@ -154,3 +190,8 @@ class Normalize(BoundLayer):
 
     def magnitude(self, m: torch.Tensor) -> torch.Tensor:
         return (m + self.mean.abs()) / self.std.abs()
+
+    def onnx_module(self, lower) -> ChannelAffine:
+        """The exporter folds it into the first conv or linear, so boxes stay in pixel units."""
+        std, mean = self.std.flatten(), self.mean.flatten()
+        return ChannelAffine(1 / std, -mean / std)

@@ -1,7 +1,8 @@
 """Residual block: y = body(x) + shortcut(x); an empty shortcut is the identity.
 
 The interval of a sum is the sum of the intervals (sound, not always tight: it
-ignores that body and shortcut see the same x).
+ignores that body and shortcut see the same x). Certification does better: the block
+declares its ``branches`` and each is back-substituted on its own (`tapsc.certify.graph`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import torch
 from torch import nn
 
 from tapsc import ir
+from tapsc.export.modules import ResidualAdd
 from tapsc.layers.base import BoundLayer, build_layers, register_layer, run_forward, run_interval
-from tapsc.shapes import Shape, layer_output_shape
+from tapsc.shapes import Shape
 
 
 @register_layer("residual")
@@ -23,7 +25,7 @@ class Residual(BoundLayer):
 
     @classmethod
     def build(cls, node: ir.Residual, in_shape: Shape):
-        out_shape = layer_output_shape(node, tuple(in_shape))  # raises ShapeError on mismatch
+        out_shape = node.out_shape(tuple(in_shape))  # raises ShapeError on mismatch
         body, _ = build_layers(node.body, in_shape)
         shortcut, _ = build_layers(node.shortcut, in_shape)
         return cls(body, shortcut), out_shape
@@ -35,3 +37,9 @@ class Residual(BoundLayer):
         body_lo, body_hi = run_interval(self.body, lo, hi)
         short_lo, short_hi = run_interval(self.shortcut, lo, hi)
         return body_lo + short_lo, body_hi + short_hi
+
+    def branches(self) -> tuple[nn.ModuleList, nn.ModuleList]:
+        return self.body, self.shortcut
+
+    def onnx_module(self, lower) -> ResidualAdd:
+        return ResidualAdd(lower(self.body), lower(self.shortcut))

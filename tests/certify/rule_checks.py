@@ -13,31 +13,17 @@ from __future__ import annotations
 import copy
 
 import torch
+from layer_cases import LAYER_CASES, randomize
 from torch import nn
 
-from tapsc import ir
 from tapsc.certify import rules
 from tapsc.certify.linear import LinearBounds
 from tapsc.layers import LAYERS
 
-# One instance recipe per layer class that has bound rules: tapsc kinds from their IR node
-# (the registry is the list; `test_every_rule_class_has_a_case` fails on a kind missing here),
-# plain torch classes (the folded export model) by constructor. Input shapes per sample.
-TAPSC_CASES: dict[str, tuple[ir.Node | None, tuple[int, ...]]] = {
-    # non-square windows (square ones: the residual case and the torch cases)
-    "conv": (ir.Conv(out_channels=3, kernel=(3, 2), stride=(2, 1), padding=(1, 0)), (2, 5, 6)),
-    "linear": (ir.Linear(out_features=5), (6,)),
-    "batchnorm": (ir.BatchNorm(), (3, 3, 3)),
-    "relu": (ir.ReLU(), (2, 3, 3)),
-    "leaky_relu": (ir.LeakyReLU(slope=0.1), (2, 3, 3)),
-    "flatten": (ir.Flatten(), (2, 3, 3)),
-    "avgpool": (ir.AvgPool(kernel=(3, 2), stride=(2, 1), padding=(1, 0)), (2, 5, 5)),
-    "maxpool": (ir.MaxPool(kernel=(2, 3), stride=(1, 2), padding=(1, 1)), (2, 4, 5)),
-    "normalize": (ir.Normalize(mean=(0.5, -0.2), std=(0.3, 0.1)), (2, 3, 3)),
-    "identity": (None, (5,)),
-    "residual": (ir.Residual(body=(ir.Conv(out_channels=2, kernel=3, padding=1), ir.BatchNorm(), ir.ReLU()),
-                             shortcut=(ir.Conv(out_channels=2, kernel=1),)), (2, 4, 4)),
-}
+# One instance recipe per layer class that has bound rules: tapsc kinds from their IR node in
+# the one table of layer cases (tests/layer_cases.py; a kind missing there fails
+# tests/compile/test_layer_kinds.py), plain torch classes (the folded export model) by constructor
+# (`test_every_rule_class_has_a_case` fails on a class missing here). Input shapes per sample.
 TORCH_CASES: dict[type, tuple] = {
     nn.Linear: (lambda: nn.Linear(6, 4), (6,)),
     nn.Conv2d: (lambda: nn.Conv2d(2, 3, 3, stride=1, padding=1), (2, 4, 4)),
@@ -57,19 +43,12 @@ def build_case(key, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     BatchNorm statistics (some scales negative), in eval mode, float64."""
     torch.manual_seed(seed)
     if isinstance(key, str):
-        node, in_shape = TAPSC_CASES[key]
+        node, in_shape = LAYER_CASES[key]
         layer, _ = LAYERS[key].build(node, in_shape)
     else:
         factory, in_shape = TORCH_CASES[key]
         layer = factory()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
-            if not tensor.is_floating_point() or name.endswith(("mean", "std")) and "running" not in name:
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            tensor.copy_(noise.abs() + 0.2 if name.endswith("running_var") else noise)
-    return layer.double().eval(), in_shape
+    return randomize(layer, seed).double().eval(), in_shape
 
 
 def random_box(in_shape, batch: int, radius: float, seed: int):
@@ -114,7 +93,6 @@ def _tolerance(*magnitudes: torch.Tensor) -> torch.Tensor:
 
 def check_backward_rule(layer: nn.Module, lo_BX, hi_BX, S: int = 3, seed: int = 0) -> None:
     """The rule's contract: for every x in the box, A . layer(x) >= A_in . x + bias - error."""
-    rules.register_tapsc_layers()
     B = lo_BX.shape[0]
     with torch.no_grad():
         Y = layer(lo_BX).shape[1:]

@@ -27,10 +27,6 @@ def _cnn(bn=True):
     return layers
 
 
-def test_every_ir_layer_kind_is_registered():
-    assert set(ir.LAYER_KINDS) <= set(LAYERS)
-
-
 def test_one_module_list_and_plain_state_dict():
     network = compile_network(make_spec(_cnn(), split=1))
     children = list(network.named_children())

@@ -1,4 +1,5 @@
-"""Interval soundness of every registered layer kind, by sampling points and box corners."""
+"""Interval soundness of every registered layer kind (its case in tests/layer_cases.py), by
+sampling points and box corners."""
 
 from __future__ import annotations
 
@@ -7,30 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tapsc import ir
 from tapsc.layers import LAYERS
 
 from compile_helpers import assert_contains, sample_box
-
-# One IR node and an input shape per kind; every registered kind must appear here.
-CASES = {
-    "conv": (ir.Conv(out_channels=3, kernel=(3, 5), stride=(2, 1), padding=(1, 2)), (2, 7, 6)),
-    "linear": (ir.Linear(out_features=5), (7,)),
-    "batchnorm": (ir.BatchNorm(), (3, 4, 4)),
-    "relu": (ir.ReLU(), (3, 4, 4)),
-    "leaky_relu": (ir.LeakyReLU(slope=0.2), (3, 4, 4)),
-    "flatten": (ir.Flatten(), (2, 3, 3)),
-    "avgpool": (ir.AvgPool(kernel=(3, 2), stride=(2, 1), padding=(1, 1)), (2, 5, 5)),
-    "maxpool": (ir.MaxPool(kernel=(2, 3), stride=(1, 2), padding=(1, 1)), (2, 5, 6)),
-    "normalize": (ir.Normalize(mean=(0.5, 0.2), std=(0.3, 0.1)), (2, 4, 4)),
-    "residual": (ir.Residual(body=(ir.Conv(out_channels=2, kernel=3, padding=1), ir.BatchNorm(), ir.ReLU()),
-                             shortcut=(ir.Conv(out_channels=2, kernel=1),)), (2, 4, 4)),
-    "identity": (None, (4,)),
-}
-
-
-def test_every_registered_kind_has_a_case():
-    assert set(LAYERS) == set(CASES)
+from layer_cases import LAYER_CASES
 
 
 def _randomise(layer: torch.nn.Module, generator: torch.Generator) -> None:
@@ -50,7 +31,7 @@ def _check_kind(kind: str, seed: int, batch: int, radius: float, train: bool,
                 interval_mode: str = "record") -> None:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    node, in_shape = CASES[kind]
+    node, in_shape = LAYER_CASES[kind]
     layer, out_shape = LAYERS[kind].build(node, in_shape)
     _randomise(layer, generator)
     layer.train(train)
@@ -85,14 +66,14 @@ class _stats_mode:
             m.set_stats_mode("record")
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("kind", sorted(LAYER_CASES))
 @pytest.mark.parametrize("train", [False, True])
 def test_layer_interval_is_sound(kind, train):
     for seed in range(3):
         _check_kind(kind, seed, batch=4, radius=0.5, train=train)
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("kind", sorted(LAYER_CASES))
 @pytest.mark.parametrize("train", [False, True])
 def test_layer_interval_is_sound_under_frozen_detached_batchnorm(kind, train):
     # the attacks' mode, where BatchNorm caches its affine map for the whole block
@@ -101,7 +82,7 @@ def test_layer_interval_is_sound_under_frozen_detached_batchnorm(kind, train):
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(sorted(CASES)), seed=st.integers(0, 10_000), batch=st.integers(1, 5),
+@given(kind=st.sampled_from(sorted(LAYER_CASES)), seed=st.integers(0, 10_000), batch=st.integers(1, 5),
        radius=st.sampled_from([0.0, 1e-4, 0.05, 1.0, 10.0]), train=st.booleans())
 def test_layer_interval_is_sound_hypothesis(kind, seed, batch, radius, train):
     if train and kind in ("batchnorm", "residual") and batch == 1:
@@ -109,10 +90,10 @@ def test_layer_interval_is_sound_hypothesis(kind, seed, batch, radius, train):
     _check_kind(kind, seed, batch, radius, train)
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("kind", sorted(LAYER_CASES))
 def test_point_box_gives_forward(kind):
     """A degenerate box [x, x] maps to (numerically) forward(x)."""
-    node, in_shape = CASES[kind]
+    node, in_shape = LAYER_CASES[kind]
     torch.manual_seed(0)
     layer, _ = LAYERS[kind].build(node, in_shape)
     layer.eval()
