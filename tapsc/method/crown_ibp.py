@@ -13,10 +13,12 @@ layer by layer to the input and concretised over the input box:
 - relu: CROWN's relaxation (Zhang et al. 2018): upper line through (l, 0) and (u, u) for
   the negative coefficients, lower line y >= a x with a = 1 if u >= -l else 0 for the
   positive ones (the same relaxation as `tapsc.certify.rules.relu_backward`);
+- leaky_relu(a): a x + (1 - a) relu(x), the ReLU part relaxed as above;
 - residual: the bound is pushed through both branches and the coefficients summed.
 
-No rounding terms: this bound trains, `tapsc.certify` certifies. Maxpool has no training
-relaxation here (TapscError naming it). Memory: A holds K rows per sample at every layer
+No rounding terms: this bound trains, `tapsc.certify` certifies. A kind certification relaxes
+(``relaxed``) and this module has no rule for, maxpool among them, is refused (TapscError naming
+it), never passed on as if it were affine. Memory: A holds K rows per sample at every layer
 (B x K x the layer's input size), as in the authors' implementation.
 
 BatchNorm in training mode reuses the clean batch's statistics, so the clean forward of
@@ -30,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.layers import Conv, Linear, MaxPool, ReLU, Residual
+from tapsc.layers import Conv, LeakyReLU, Linear, MaxPool, ReLU, Residual
 
 
 def _affine_back(layer, A_BKY: torch.Tensor, lo_BX: torch.Tensor):
@@ -74,6 +76,14 @@ def _relu_back(A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: torch.Tensor):
     return A_in, (A_neg * up_icpt.unsqueeze(1)).flatten(2).sum(-1)
 
 
+def _leaky_relu_back(layer: LeakyReLU, A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: torch.Tensor):
+    """leaky_relu(x) = a x + (1 - a) relu(x) for every slope a: the linear part passes A through,
+    the ReLU part takes CROWN's relaxation with coefficients (1 - a) A (of either sign)."""
+    a = layer.negative_slope
+    A_relu, bias = _relu_back((1 - a) * A_BKY, lo_BX, hi_BX)
+    return a * A_BKY + A_relu, bias
+
+
 def back_substitute(layers, A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: torch.Tensor,
                     boxes: list | None = None):
     """(A_in, bias) with A . layers(x) >= A_in . x + bias over the box [lo, hi] of the input.
@@ -88,6 +98,8 @@ def back_substitute(layers, A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: tor
     for layer, (lo, hi) in zip(reversed(list(layers)), reversed(boxes)):
         if isinstance(layer, ReLU):
             A_BKY, bias = _relu_back(A_BKY, lo, hi)
+        elif isinstance(layer, LeakyReLU):
+            A_BKY, bias = _leaky_relu_back(layer, A_BKY, lo, hi)
         elif isinstance(layer, Residual):
             A_body, bias = back_substitute(layer.body, A_BKY, lo, hi)
             if layer.shortcut:
@@ -95,9 +107,9 @@ def back_substitute(layers, A_BKY: torch.Tensor, lo_BX: torch.Tensor, hi_BX: tor
             else:
                 A_short, bias_short = A_BKY, 0.0
             A_BKY, bias = A_body + A_short, bias + bias_short
-        elif isinstance(layer, MaxPool):
+        elif isinstance(layer, MaxPool) or layer.relaxed:  # a kind certification relaxes and this does not
             raise TapscError(Diagnostic(
-                code="no-training-relaxation", message="CROWN-IBP training has no relaxation for `maxpool`",
+                code="no-training-relaxation", message=f"CROWN-IBP training has no relaxation for `{layer.kind}`",
                 help="use avgpool or a strided conv, or train with `ibp`"))
         else:
             A_BKY, bias = TRANSPOSES.get(type(layer), _affine_back)(layer, A_BKY, lo)

@@ -146,10 +146,7 @@ def test_onnx_form_matches_the_layer(kind, tmp_path):
     assert report.max_abs_diff is None or report.parity_ok
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason="tapsc.method.crown_ibp relaxes no leaky_relu: "
-                                               "its affine default gives a bound below the margin"))
-    if kind == "leaky_relu" else kind for kind in sorted(LAYERS)])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_training_crown_ibp_bound_is_sound_or_refused(kind):
     """Training's CROWN-IBP (`tapsc.method.crown_ibp`, float32, no rounding terms) bounds the
     margins of a network holding the kind from above at sampled points, or refuses the kind."""
