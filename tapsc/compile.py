@@ -137,11 +137,12 @@ def compile_network(spec: ir.Spec) -> Network:
         layers.append(normalize)
     try:
         body, shape = build_layers(model.layers, shape)
-        split = split_index(model, spec.split)
     except ShapeError as error:
         raise TapscError(Diagnostic(code="shape-mismatch", message=error.message, span=error.layer.span,
                                     help=error.help)) from None
-    except ValueError as error:
+    try:
+        split = split_index(model, spec.split)
+    except ValueError as error:  # only the split's own complaint: a layer's ValueError is a bug, not a split
         raise TapscError(Diagnostic(code="split-out-of-range", message=str(error), span=spec.split.span,
                                     help="choose a split at a top-level layer boundary")) from None
     if len(shape) != 1:

@@ -288,6 +288,13 @@ class BatchNorm(ElementwiseNode):
     eps: PositiveFloat = 1e-5
     momentum: UnitFloat = 0.1
 
+    def out_shape(self, shape: Shape) -> Shape:
+        if len(shape) not in (1, 3):
+            raise ShapeError(self, f"batchnorm needs (C, H, W) or (D,) inputs, got shape {shape}",
+                             "give the input as (C, H, W), e.g. `input (1, 8, 8)`, or put batchnorm after "
+                             "`flatten` / `linear`")
+        return shape
+
     def parameter_count(self, in_shape: Shape) -> int:
         return 2 * in_shape[0]
 
