@@ -30,7 +30,7 @@ from measure import cpu_timed, median, random_batch
 from train_step import all_methods, build_cases, make_step, trained_cases
 from trained_workload import load_workload
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method import latent_attack
 from tapsc.method.input_attack import input_box
 
@@ -41,6 +41,8 @@ def attack_at(rev: str):
     """The ``_attack_chunk`` of ``tapsc/method/latent_attack.py`` at commit ``rev``."""
     text = subprocess.run(["git", "show", f"{rev}:tapsc/method/latent_attack.py"], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout
+    # before the stage packages (tapsc/language/...), the IR was the top-level tapsc.ir
+    text = text.replace("from tapsc import ir\n", "from tapsc.language import ir\n")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as file:
         file.write(text)
     spec = importlib.util.spec_from_file_location(f"latent_attack_{rev}", file.name)

@@ -32,7 +32,7 @@ def network_and_batch(run_dir: Path | None, batch: int, width: int = 64):
         network = compile_network(load(spec_text(shape, batch, "taps", 1, width)))
         return network.train(), torch.rand((batch, *shape.input_shape)), torch.randint(0, 10, (batch,)), 8 / 255
     from tapsc.data import load_dataset
-    from tapsc.rundir import load_run
+    from tapsc.train.rundir import load_run
 
     spec, network = load_run(run_dir, "best")
     dataset = load_dataset(spec.data, train=True, shape=tuple(spec.model.input_shape))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from measure import median, peak_memory_bytes, synchronize, timed  # noqa: F401  (re-exported to the benchmarks)
 
-from tapsc.spec import load_spec_text
+from tapsc.language.spec import load_spec_text
 
 CIFAR_NORMALIZE = "normalize mean (0.4914, 0.4822, 0.4465) std (0.2470, 0.2435, 0.2616)"
 

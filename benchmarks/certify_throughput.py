@@ -62,8 +62,8 @@ def throughput(device, samples: int, width: int, methods=METHODS, repeats: int =
 def train_quickstart(device, epochs: int | None, log=print, max_batches: int | None = None):
     """specs/quickstart.taps trained for ``epochs`` (all by default) with tapsc's phase_loss step."""
     from tapsc.data import load_dataset
+    from tapsc.language.spec import load_spec
     from tapsc.method import eps_at, phase_loss
-    from tapsc.spec import load_spec
 
     spec = load_spec(REPO / "specs" / "quickstart.taps")
     epochs = spec.optimizer.epochs if epochs is None else min(epochs, spec.optimizer.epochs)
@@ -124,7 +124,7 @@ def certify_throughput(device, quick: bool = False, run_dir: Path | None = None,
         rows += throughput(device, n if width == 64 else max(2, n // 8), width, ("crown",))
     log("  certification throughput done")
     if run_dir is not None:
-        from tapsc.rundir import load_run
+        from tapsc.train.rundir import load_run
 
         spec, network = load_run(run_dir)
         network = network.to(device).eval()

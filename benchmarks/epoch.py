@@ -79,7 +79,7 @@ def time_epoch(method: str, device: str, precision: str, data_root: Path, images
                          f"\n{result.stderr[-3000:]}")
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     row = history[-1]  # with --epochs 2 or more: an epoch after start-up (cuDNN autotuning, lazy init)
-    from tapsc.spec import load_spec
+    from tapsc.language.spec import load_spec
 
     batches = -(-(images or TRAIN_BATCHES * PER_BATCH) // load_spec(SPECS[method]).data.batch)
     return {"method": method, "precision": precision, "device": device, "images": images or TRAIN_BATCHES * PER_BATCH,

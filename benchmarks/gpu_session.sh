@@ -37,7 +37,7 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with min(MAX, time left), keep
 }
 
 step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
-  $PY -c 'import torch, tapsc.spec; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), \
+  $PY -c 'import torch, tapsc.language.spec; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), \
   torch.backends.cudnn.allow_tf32)'"
 TAIL=12 step epoch 300 $PY benchmarks/epoch.py --device $DEVICE --precision bf16,tf32,fp32 --out /tmp/epoch-runs \
   --json "$OUT/epoch.json" ${EPOCH_ARGS:-}

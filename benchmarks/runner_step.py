@@ -40,9 +40,9 @@ from bench_common import optimizer_step, synchronize, timed
 from epoch import SPECS, write_random_cifar10
 
 from tapsc.certify.precision import tf32_matmuls
+from tapsc.language.spec import load_spec
 from tapsc.method import phase_loss
-from tapsc.run import RunOptions, Trainer, apply_options, phase_at, use_tf32
-from tapsc.spec import load_spec
+from tapsc.train.run import RunOptions, Trainer, apply_options, phase_at, use_tf32
 
 
 def make_steps(trainer: Trainer, x, y, eps: float) -> dict:

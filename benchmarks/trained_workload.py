@@ -38,7 +38,7 @@ QUICK_OVERRIDES = ("--epochs", "3", "--set", "data.validation=16", "--set", "dat
 class TrainedWorkload:
     """A trained network (training mode), one batch of its real images, and where both came from."""
 
-    spec: object  # tapsc.ir.Spec of the run
+    spec: object  # tapsc.language.ir.Spec of the run
     network: torch.nn.Module
     x: torch.Tensor
     y: torch.Tensor
@@ -84,7 +84,7 @@ def load_workload(run_dir: Path, batch: int | None, device: torch.device, comman
                   ) -> TrainedWorkload:
     """The run's best checkpoint in training mode and the first ``batch`` training images."""
     from tapsc.data import load_dataset
-    from tapsc.rundir import load_run
+    from tapsc.train.rundir import load_run
 
     spec, network = load_run(run_dir, "best")
     batch = batch or spec.data.batch
@@ -116,8 +116,8 @@ def trained_workload(device: torch.device, spec_path: Path | None = None, run_di
 def split_for(spec, relus_in_classifier: int) -> int | None:
     """The network index where the classifier starts with ``relus_in_classifier`` ReLUs in it,
     or None when no top-level boundary of the trained model leaves exactly that many."""
-    from tapsc import ir
-    from tapsc.shapes import split_index
+    from tapsc.language import ir
+    from tapsc.language.shapes import split_index
 
     try:
         index = split_index(spec.model, ir.SplitByRelus(count=relus_in_classifier))

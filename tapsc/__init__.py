@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute); resolved on first use so `import tapsc` stays light.
 _LAZY = {
-    "parse": ("tapsc.syntax", "parse_file"),
-    "parse_tree": ("tapsc.syntax", "parse_tree"),
-    "load_spec": ("tapsc.spec", "load_spec"),
-    "load_spec_text": ("tapsc.spec", "load_spec_text"),
-    "check": ("tapsc.check", "run_checks"),
-    "print_spec": ("tapsc.printer", "print_spec"),
-    "render_error": ("tapsc.diagnostics", "render_error"),
+    "parse": ("tapsc.language.syntax", "parse_file"),
+    "parse_tree": ("tapsc.language.syntax", "parse_tree"),
+    "load_spec": ("tapsc.language.spec", "load_spec"),
+    "load_spec_text": ("tapsc.language.spec", "load_spec_text"),
+    "check": ("tapsc.language.check", "run_checks"),
+    "print_spec": ("tapsc.language.printer", "print_spec"),
+    "render_error": ("tapsc.language.diagnostics", "render_error"),
 }
 
 

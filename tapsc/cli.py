@@ -34,7 +34,7 @@ def user_errors_exit(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TapscError as error:
-            from tapsc.diagnostics import render_error
+            from tapsc.language.diagnostics import render_error
 
             text = render_error(error)
             if not _report_to_launcher(text):
@@ -47,9 +47,9 @@ def user_errors_exit(fn: F) -> F:
 def _report_to_launcher(text: str) -> bool:
     """In a worker of ``--nproc-per-node``, leave the diagnostic to the launcher, which prints
     each distinct one once (every rank hits e.g. a missing dataset). False elsewhere."""
-    if not _is_distributed_worker():  # before importing tapsc.distributed, which imports torch
+    if not _is_distributed_worker():  # before importing tapsc.train.distributed, which imports torch
         return False
-    from tapsc import distributed
+    from tapsc.train import distributed
 
     folder = os.environ.get(distributed.ERROR_DIR_ENV)
     if not folder:

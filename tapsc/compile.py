@@ -22,10 +22,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.language import ir
+from tapsc.language.shapes import Shape, ShapeError, split_index
 from tapsc.layers import LAYERS, BatchNorm, BoundLayer, Conv, Linear, build_layers, run_forward
-from tapsc.shapes import Shape, ShapeError, split_index
 
 __all__ = ["Network", "compile_network", "build_layers", "shi_initialize"]
 

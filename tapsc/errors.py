@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tapsc.ir import Span
+from tapsc.language.ir import Span
 
 
 @dataclass(frozen=True)

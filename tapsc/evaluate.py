@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tapsc import ir, measures
+from tapsc import measures
 from tapsc.certify.precision import full_float32
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.events import Emit, EvalEnded, EvalProgress, EvalStarted, ignore
+from tapsc.language import ir
 from tapsc.margins import robust
+from tapsc.train.events import Emit, EvalEnded, EvalProgress, EvalStarted, ignore
 
 
 @full_float32()
@@ -89,10 +90,10 @@ def evaluate_run(run_dir, which: str = "best", *, samples: int | None = None, de
     """
     from pathlib import Path
 
-    from tapsc import rundir
     from tapsc.data import load_dataset
     from tapsc.data.loading import first
-    from tapsc.runtime import resolve_device
+    from tapsc.train import rundir
+    from tapsc.train.runtime import resolve_device
 
     target = resolve_device(device)
     spec, network = rundir.load_run(run_dir, which, device=target)

@@ -15,7 +15,7 @@ measure, by its kind:
   `tapsc.certify`'s bounds for CROWN-IBP, CROWN and alpha-CROWN, and for IBP the
   network's own float32 interval pass.
 
-`tapsc.evaluate` counts verdicts (accuracies); `tapsc.analysis` records margins.
+`tapsc.evaluate` counts verdicts (accuracies); `tapsc.experiments.analysis` records margins.
 
 Shape legend: B batch.
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.measures import MEASURES
 from tapsc.method import metrics
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tapsc import ir
+from tapsc.language import ir
 
 LAYER_CASES: dict[str, tuple[ir.Node | None, tuple[int, ...]]] = {
     # non-square windows (square ones: the residual case and the torch cases of rule_checks)

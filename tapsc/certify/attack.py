@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.input_attack import pgd_margin_attack
 
 

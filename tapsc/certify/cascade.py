@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from tapsc import ir
 from tapsc.certify.attack import pgd_counterexamples
 from tapsc.certify.linear import DEFAULT_METHODS, METHODS, LinearBounds
 from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import perturbation_box
+from tapsc.language import ir
 
 VERDICTS = ("misclassified", "falsified", "certified", "unknown")
 # the source of an in-house verdict (a certified one's is its bound method)

@@ -147,7 +147,7 @@ def _spawn(argv: list[str], cwd: Path | None, log, env: dict | None, live: _Live
 def run_instance(commands: Commands, job: Job, folder: Path, timeout: float, grace: float,
                  env: dict | None = None, live: _Live | None = None) -> Outcome:
     """Prepare and run one instance; writes ``folder/results/<name>.txt`` atomically."""
-    from tapsc.rundir import atomic_write_text
+    from tapsc.train.rundir import atomic_write_text
 
     live = live or _Live()
     folder = Path(folder).resolve()  # the tool may run in another working directory

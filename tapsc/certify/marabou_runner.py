@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-
 STRICT_MARGIN = 1e-4  # how far past the boundary a re-solved witness must lie
 
 

@@ -41,8 +41,14 @@ import numpy as np
 
 from tapsc.certify.cascade import SampleVerdict
 from tapsc.certify.linear import METHODS
-from tapsc.certify.results import (Answer, InstanceIndex, ResultsFile, non_answer_reason, parse_witness,
-                                   read_answers)
+from tapsc.certify.results import (
+    Answer,
+    InstanceIndex,
+    ResultsFile,
+    non_answer_reason,
+    parse_witness,
+    read_answers,
+)
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.export.vnnlib import Property, read_property
 

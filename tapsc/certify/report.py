@@ -121,7 +121,7 @@ def write_results(out_dir: Path, verdicts: Sequence[SampleVerdict], summary: dic
                   extra: dict | None = None, stem: str = "certify") -> tuple[Path, Path]:
     """Write <stem>.json (with ``extra`` keys, e.g. merges) and <stem>.csv into ``out_dir``, atomically
     (``stem`` from ``results_stem``: certify.json holds the spec's eps)."""
-    from tapsc.rundir import atomic_write_text
+    from tapsc.train.rundir import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

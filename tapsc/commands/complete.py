@@ -77,8 +77,16 @@ def _verify(run_dir: Path, driver, tool, timeout, grace, jobs, canaries, which, 
     import torch
 
     from tapsc.certify.instances import Job, run_instances
-    from tapsc.certify.merge import (Benchmark, MergedFile, ResultsFile, check_provenance, check_tool_name,
-                                     inhouse, load_benchmark, merge)
+    from tapsc.certify.merge import (
+        Benchmark,
+        MergedFile,
+        ResultsFile,
+        check_provenance,
+        check_tool_name,
+        inhouse,
+        load_benchmark,
+        merge,
+    )
     from tapsc.certify.report import pick_results, read_document, read_verdicts
     from tapsc.certify.results import runner_name
     from tapsc.commands.verify import _load_target, _test_set, write_merged

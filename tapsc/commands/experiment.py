@@ -19,7 +19,7 @@ from tapsc import measures
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.outputs import ensure_writable_file, ensure_writable_folder
+from tapsc.train.outputs import ensure_writable_file, ensure_writable_folder
 
 console = Console(highlight=False)
 
@@ -50,9 +50,16 @@ def sweep_command(
                                  "(and GPU, where there are several); 1: one after another."),
 ) -> None:
     """Train every point of a grid of `--set` values; write sweep.csv, a table and plots."""
-    from tapsc.display import make_display
-    from tapsc.run import RunOptions
-    from tapsc.sweep import Sweep, check_parallel, default_folder, plot, run_sweep, taps_accuracy_correlation
+    from tapsc.experiments.sweep import (
+        Sweep,
+        check_parallel,
+        default_folder,
+        plot,
+        run_sweep,
+        taps_accuracy_correlation,
+    )
+    from tapsc.train.display import make_display
+    from tapsc.train.run import RunOptions
 
     check_parallel(parallel)
     if resume is not None:
@@ -97,8 +104,8 @@ def sweep_command(
 
 
 def sweep_table(sweep, rows: Sequence[dict[str, Any]]) -> Table:
-    from tapsc.display import METRIC_NAMES
-    from tapsc.sweep import METRIC_COLUMNS
+    from tapsc.experiments.sweep import METRIC_COLUMNS
+    from tapsc.train.display import METRIC_NAMES
 
     metrics = [m for m in METRIC_COLUMNS if any(r.get(m) is not None for r in rows)]
     table = Table(title=f"sweep of {escape(sweep.spec_path.name)} ({len(rows)} points)")
@@ -129,7 +136,7 @@ def _print_correlation(correlation: dict[str, Any]) -> None:
 
 
 def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    from tapsc import rundir
+    from tapsc.train import rundir
 
     path = Path(run_dir) / rundir.METRICS
     if not Path(run_dir).is_dir():
@@ -154,7 +161,7 @@ def plot_command(
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default RUN_DIR/plots/training.png)."),
 ) -> None:
     """Training curves from metrics.jsonl: loss terms, eps and lr, accuracies, time per epoch."""
-    from tapsc.plots import training_curves
+    from tapsc.experiments.plots import training_curves
 
     target = out or Path(run_dir) / "plots" / "training.png"
     history = _read_history(run_dir)
@@ -190,8 +197,8 @@ def analyze_command(
     """Worst-case margin per test sample by IBP, CROWN, SABR, TAPS and PGD: histograms of each
     estimate's gap to the tightest sound bound and to the strongest attack, and how TAPS
     accuracy tracks adversarial and certified accuracy."""
-    from tapsc.analysis import across_runs, analyze_run
-    from tapsc.plots import margin_histograms, margin_scatter
+    from tapsc.experiments.analysis import across_runs, analyze_run
+    from tapsc.experiments.plots import margin_histograms, margin_scatter
 
     if which not in ("best", "last"):
         raise TapscError(Diagnostic(code="bad-option", message=f"unknown checkpoint `{which}`",
@@ -213,7 +220,7 @@ def analyze_command(
             result = analyze_run(run_dir, samples=samples, which=which, methods=chosen, batch=batch, device=device,
                                  data_root=data_root, split=split, progress=advance)
         folder.mkdir(parents=True, exist_ok=True)
-        from tapsc.analysis import differences
+        from tapsc.experiments.analysis import differences
 
         title = (f"{Path(run_dir).name}: {result['samples']} test samples, eps {result['eps']:g}, "
                  f"TAPS with {result['taps_split']['relus_in_classifier']} ReLU(s) in the classifier")

@@ -52,7 +52,7 @@ def check_command(
             console.print(f"[green]ok[/green]   {escape(str(path))}  ({escape(summary)})")
             print_warnings(warnings)
     if problems and crash is not None:
-        from tapsc.diagnostics import render_error
+        from tapsc.language.diagnostics import render_error
 
         err_console.print(render_error(TapscError(problems)), soft_wrap=True, markup=False, highlight=False)
     if crash is not None:
@@ -64,7 +64,7 @@ def check_command(
 def print_warnings(warnings: list[Diagnostic]) -> None:
     """Render the checks' warnings on stderr (they do not change the exit status)."""
     if warnings:
-        from tapsc.diagnostics import render_diagnostics
+        from tapsc.language.diagnostics import render_diagnostics
 
         err_console.print(render_diagnostics(warnings), soft_wrap=True, markup=False, highlight=False)
 
@@ -78,13 +78,13 @@ def check_one(path: Path, overrides: list[str] | tuple[str, ...] = (),
     Raises:
         TapscError: every user mistake in the spec.
     """
-    from tapsc.printer import layer_rows
-    from tapsc.spec import load_spec
+    from tapsc.language.printer import layer_rows
+    from tapsc.language.spec import load_spec
 
     spec = load_spec(path, overrides, warnings)
     rescaled = ""
     if epochs is not None:
-        from tapsc.spec import with_epochs
+        from tapsc.language.spec import with_epochs
 
         result = with_epochs(spec, epochs, warnings)
         spec, rescaled = result.spec, f"; {result.summary()}"
@@ -102,10 +102,10 @@ def show_command(
     set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
 ) -> None:
     """Print one stage of a spec: its parse tree, its IR (layer table, schedule) or its torch graph."""
-    from tapsc.spec import load_spec
+    from tapsc.language.spec import load_spec
 
     if stage not in STAGES:
-        from tapsc.diagnostics import did_you_mean
+        from tapsc.language.diagnostics import did_you_mean
 
         raise TapscError(Diagnostic(code="unknown-stage", message=f"unknown stage `{stage}`",
                                     help=did_you_mean(stage, STAGES)))
@@ -122,22 +122,22 @@ def show_command(
 
 
 def _show_tree(path: Path) -> None:
-    from tapsc.spec import read_source
-    from tapsc.syntax import parse_tree
+    from tapsc.language.spec import read_source
+    from tapsc.language.syntax import parse_tree
 
     try:
         text = read_source(path, str(path))
     except (OSError, ValueError) as error:
         raise TapscError(Diagnostic(code="file-not-found", message=f"cannot read spec `{path}`",
                                     help=getattr(error, "strerror", None) or str(error))) from None
-    from tapsc.diagnostics import register_source
+    from tapsc.language.diagnostics import register_source
 
     register_source(str(path), text)
     typer.echo(parse_tree(text, str(path)).pretty())
 
 
 def _show_ir(spec) -> None:
-    from tapsc.printer import layer_rows, schedule_lines
+    from tapsc.language.printer import layer_rows, schedule_lines
 
     table = Table(title=escape(f"model: input {spec.model.input_shape}"), title_justify="left")
     for column in ("#", "layer", "output shape", "params", "ReLUs", "part"):
@@ -155,7 +155,7 @@ def _show_ir(spec) -> None:
 
 
 def _split_text(spec) -> str:
-    from tapsc import ir
+    from tapsc.language import ir
 
     if isinstance(spec.split, ir.SplitAtLayer):
         return f"classifier from layer {spec.split.index}"

@@ -14,7 +14,7 @@ from rich.markup import escape
 from tapsc.cli import app, user_errors_exit
 from tapsc.commands import common
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.outputs import ensure_writable_folder
+from tapsc.train.outputs import ensure_writable_folder
 
 console = Console(highlight=False)
 
@@ -30,12 +30,12 @@ def _read_spec(path: Path, overrides: list[str], epochs: Optional[int] = None):
         raise TapscError(Diagnostic(code="missing-spec", message=f"no spec file at {path}",
                                     help="pass the path of a .taps file, e.g. specs/quickstart.taps"))
     from tapsc.commands.language import print_warnings
-    from tapsc.spec import load_spec
+    from tapsc.language.spec import load_spec
 
     warnings: list[Diagnostic] = []
     spec = load_spec(path, overrides, warnings)
     if epochs is not None:
-        from tapsc.spec import with_epochs
+        from tapsc.language.spec import with_epochs
 
         rescaled = with_epochs(spec, epochs)  # the rescaled spec's own warnings are the spec's
         spec = rescaled.spec
@@ -62,10 +62,10 @@ def run_command(
                                                  help="Train data-parallel with N local processes (GPUs)."),
 ) -> None:
     """Train a spec (or resume a run), then evaluate it on the test set."""
-    from tapsc import distributed
-    from tapsc.display import make_display
-    from tapsc.events import ignore
-    from tapsc.run import RunOptions, resume_run, start_run
+    from tapsc.train import distributed
+    from tapsc.train.display import make_display
+    from tapsc.train.events import ignore
+    from tapsc.train.run import RunOptions, resume_run, start_run
 
     options = RunOptions(device=device, amp=amp, tf32=tf32, seed=seed, data_root=data_root)
     if resume is not None:
@@ -73,7 +73,7 @@ def run_command(
             raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a run as it was",
                                         help="drop the spec, `--set` and `--epochs` arguments (the run keeps its "
                                              "ir.json)"))
-        from tapsc.rundir import read_spec
+        from tapsc.train.rundir import read_spec
 
         parsed = read_spec(resume)  # a wrong folder is reported before any worker starts
         runner = lambda emit: resume_run(resume, options, emit)  # noqa: E731
@@ -92,7 +92,7 @@ def run_command(
     if nproc_per_node is not None:
         distributed.check_nproc(nproc_per_node)
         if nproc_per_node > 1:
-            from tapsc.run import check_batch
+            from tapsc.train.run import check_batch
 
             distributed.check_devices(device, nproc_per_node)
             check_batch(parsed, nproc_per_node)  # once here, rather than once per worker
@@ -125,8 +125,8 @@ def eval_command(
     data_root: Optional[str] = common.DATA_ROOT,
 ) -> None:
     """Evaluate a run's checkpoint on the test set; writes eval-<checkpoint>.json in the run."""
-    from tapsc.display import make_display, results_table
     from tapsc.evaluate import evaluate_run
+    from tapsc.train.display import make_display, results_table
 
     common.check_which(which)
     if Path(run_dir).is_dir():  # eval-<checkpoint>.json goes into the run; a missing run is reported later
@@ -146,7 +146,7 @@ def _print_complete(run_dir: Path) -> None:
     from rich.markup import escape
 
     from tapsc.certify.report import read_complete
-    from tapsc.display import METRIC_NAMES
+    from tapsc.train.display import METRIC_NAMES
 
     complete = read_complete(run_dir)
     if complete:

@@ -43,7 +43,7 @@ class Target:
 
 
 def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -> Target:
-    from tapsc import rundir
+    from tapsc.train import rundir
 
     if target.is_dir():
         if checkpoint is not None:
@@ -58,7 +58,7 @@ def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -
         raise TapscError(Diagnostic(code="missing-checkpoint", message=f"{target} is a spec: which weights?",
                                     help="add `--checkpoint FILE` (a checkpoint written by `tapsc run`)"))
     from tapsc.compile import compile_network
-    from tapsc.spec import load_spec
+    from tapsc.language.spec import load_spec
 
     spec = load_spec(target)
     network = compile_network(spec)
@@ -73,7 +73,7 @@ def _load_target(target: Path, checkpoint: Optional[Path], which: str, device) -
 
 def _check_target(target: Path, checkpoint: Optional[Path]) -> None:
     """The cheap part of ``_load_target``: the run, or the spec and checkpoint files, exist."""
-    from tapsc import rundir
+    from tapsc.train import rundir
 
     if target.is_dir():
         rundir.read_spec(target)
@@ -156,8 +156,8 @@ def certify_command(
     if tool:
         raise TapscError(Diagnostic(code="tool-without-merge", message="`--tool` names the verifier of a `--merge`",
                                     help="add `--merge RESULTS` for each `--tool`"))
-    from tapsc import distributed
-    from tapsc.outputs import ensure_writable_folder
+    from tapsc.train import distributed
+    from tapsc.train.outputs import ensure_writable_folder
 
     chosen = _parse_methods(methods)
     default_out = target if target.is_dir() else checkpoint.parent if checkpoint else None
@@ -204,7 +204,7 @@ def _certify(target, checkpoint, which, samples, span, random, seed, chosen, bat
     """The cascade over the chosen samples at each radius; with several processes each runs every
     world_size-th batch and rank 0 merges the verdicts and writes the report."""
     from tapsc.certify.cascade import select_indices
-    from tapsc.runtime import resolve_device
+    from tapsc.train.runtime import resolve_device
 
     where = resolve_device(device)
     loaded = _load_target(target, checkpoint, which, where)
@@ -218,9 +218,9 @@ def _certify(target, checkpoint, which, samples, span, random, seed, chosen, bat
 
 def _certify_at(loaded, radius, test_set, indices, chosen, batch, seed, where, out, context) -> None:
     """One radius: certify, and (rank 0) write certify.json or certify-eps<E>.json."""
-    from tapsc import distributed
     from tapsc.certify.cascade import Cascade, certify_dataset, merge_shards
     from tapsc.certify.report import results_stem, summarize, summary_table, write_results
+    from tapsc.train import distributed
 
     spec = loaded.spec
     cascade = Cascade(loaded.network, radius, spec.eval.attack, chosen)
@@ -350,7 +350,7 @@ def export_command(
 
     if not onnx and not vnnlib:
         onnx = vnnlib = True
-    from tapsc.outputs import ensure_writable_folder
+    from tapsc.train.outputs import ensure_writable_folder
 
     default_out = target if target.is_dir() else checkpoint.parent if checkpoint else None
     if out is not None or default_out is not None:  # before the model and the data are loaded

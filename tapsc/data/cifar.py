@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from tapsc.data.base import (ImageTensors, downloads_allowed, loader, missing_dataset,
-                             unreadable_dataset)
+from tapsc.data.base import ImageTensors, downloads_allowed, loader, missing_dataset, unreadable_dataset
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from tapsc import ir
 from tapsc.data import cifar, digits, mnist, tinyimagenet  # noqa: F401  (registers loaders)
 from tapsc.data.base import DEFAULT_ROOTS, LOADERS
 from tapsc.data.transforms import Transform, build_transform
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.language import ir
 
 __all__ = ["load_dataset", "load_validation", "dataset_root", "Prepared"]
 
@@ -75,7 +75,7 @@ def load_dataset(data: ir.Data, train: bool, shape: tuple[int, ...] | None = Non
 
     The test set yields the same tensors on every load and every pass, whatever the
     seed: a random kind in ``test_augment`` is refused here even when the IR was built
-    without `tapsc.check` (evaluation, certification and export read this set).
+    without `tapsc.language.check` (evaluation, certification and export read this set).
 
     Args:
         data: the spec's data section.

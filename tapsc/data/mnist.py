@@ -20,8 +20,14 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from tapsc.data.base import (ImageTensors, cache_home, downloads_allowed, loader,
-                             missing_dataset, unreadable_dataset)
+from tapsc.data.base import (
+    ImageTensors,
+    cache_home,
+    downloads_allowed,
+    loader,
+    missing_dataset,
+    unreadable_dataset,
+)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

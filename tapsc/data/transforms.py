@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import torch
 from torchvision import transforms as T
 
-from tapsc import ir
-from tapsc.check import random_test_augmentation
 from tapsc.errors import TapscError
+from tapsc.language import ir
+from tapsc.language.check import random_test_augmentation
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

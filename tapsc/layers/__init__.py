@@ -3,9 +3,9 @@
 Importing this package registers every kind.
 """
 
-from tapsc.layers.base import LAYERS, BoundLayer, build_layers, register_layer, run_forward, run_interval
 from tapsc.layers import affine, batchnorm, elementwise, residual  # noqa: F401  (registers the kinds)
 from tapsc.layers.affine import Conv, Linear
+from tapsc.layers.base import LAYERS, BoundLayer, build_layers, register_layer, run_forward, run_interval
 from tapsc.layers.batchnorm import BatchNorm
 from tapsc.layers.elementwise import AvgPool, Flatten, Identity, LeakyReLU, MaxPool, Normalize, ReLU
 from tapsc.layers.residual import Residual

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tapsc import ir
 from tapsc.certify import rules
+from tapsc.language import ir
+from tapsc.language.shapes import Shape, ShapeError
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape, ShapeError
 
 
 def _centre_radius(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ the kind: ``forward(x)`` (concrete), ``interval(lo, hi)`` (interval arithmetic, 
 ``magnitude(m)`` (what certification's rounding-error bounds scale with), ``backward`` (the
 CROWN back-substitution rule, `tapsc.certify.rules`) with ``relaxed``, and ``onnx_module``
 (the plain torch module it exports as, `tapsc.export.onnx`). Its torch-free side (positional
-arguments, shape rule, "is an activation") is the IR class of the same kind (`tapsc.ir`), which
+arguments, shape rule, "is an activation") is the IR class of the same kind (`tapsc.language.ir`), which
 the IR cannot take from here without importing torch. Kinds are registered under their IR
 keyword with ``@register_layer("conv")``; the compiler, certification and the exporter look
 them up in ``LAYERS`` or read the layer's class, never by name mangling, and
@@ -29,8 +29,8 @@ from typing import Callable, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from tapsc import ir
-from tapsc.shapes import Shape
+from tapsc.language import ir
+from tapsc.language.shapes import Shape
 
 LAYERS: dict[str, type["BoundLayer"]] = {}
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tapsc import ir
 from tapsc.certify import rules
 from tapsc.export.modules import ChannelAffine
+from tapsc.language import ir
+from tapsc.language.shapes import Shape
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape
 
 STATS_MODES = ("record", "reuse", "reuse_detached")
 
@@ -67,7 +67,7 @@ class BatchNorm(BoundLayer):
         self.batch_mean: torch.Tensor | None = None
         self.batch_var: torch.Tensor | None = None
         # the hook that computes the training statistics, ``local_statistics`` by default;
-        # tapsc.distributed.sync_batchnorm sets the global batch's (two all-reduces)
+        # tapsc.train.distributed.sync_batchnorm sets the global batch's (two all-reduces)
         self.statistics = local_statistics
 
     @classmethod

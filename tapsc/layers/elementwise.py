@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tapsc import ir
 from tapsc.certify import rules
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.export.modules import ChannelAffine
+from tapsc.language import ir
+from tapsc.language.shapes import Shape
 from tapsc.layers.base import BoundLayer, register_layer
-from tapsc.shapes import Shape
 
 
 @register_layer("relu")

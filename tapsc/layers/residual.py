@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tapsc import ir
 from tapsc.export.modules import ResidualAdd
+from tapsc.language import ir
+from tapsc.language.shapes import Shape
 from tapsc.layers.base import BoundLayer, build_layers, register_layer, run_forward, run_interval
-from tapsc.shapes import Shape
 
 
 @register_layer("residual")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from tapsc import ir
+from tapsc.language import ir
 
 # ramp(distance, width, node) -> weight, IN PLACE on ``distance`` (a z_hat-sized temporary the
 # caller owns): distance >= 0 inside the box (it may be negative by rounding), width > 0 (the

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.measures import input_box  # the box clip(x -+ eps, 0, 1); imported from here by the method modules
 
 

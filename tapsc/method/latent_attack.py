@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.attack_rows import HeldRows, retirement
 from tapsc.method.connectors import connect_with
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.layers import Linear
 from tapsc.method.input_attack import input_box, pgd_attack
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.input_attack import input_box, margin_objective, pgd_margin_attack
 from tapsc.method.latent_attack import latent_attack, margins_at
 from tapsc.method.losses import ibp_margin_upper

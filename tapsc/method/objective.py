@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method import losses
 from tapsc.method.crown_ibp import crown_ibp_margin_upper
 from tapsc.method.input_attack import input_box, pgd_attack

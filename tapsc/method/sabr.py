@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.input_attack import input_box, pgd_attack
 from tapsc.method.losses import bound_ce, ibp_margin_upper
 

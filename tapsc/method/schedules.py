@@ -15,7 +15,7 @@ Time is measured in fractional epochs t = epoch + batch_index / batches_per_epoc
 
 from __future__ import annotations
 
-from tapsc import ir
+from tapsc.language import ir
 
 SMOOTH_MID = 0.25
 SMOOTH_POWER = 4

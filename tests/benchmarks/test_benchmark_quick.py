@@ -35,7 +35,7 @@ def test_quick_benchmark_writes_positive_finite_ratios(tmp_path, monkeypatch):
     rows = [row for row in result["results"] if row["workload"] == "random"]
     assert {row["shape"] for row in rows} == {"cifar10", "mnist"}
     kinds = {row["kind"] for row in rows}
-    from tapsc import ir
+    from tapsc.language import ir
 
     assert kinds == set(ir.PHASE_KINDS)  # a row for every phase kind
     assert {row["relus_in_classifier"] for row in rows if row["kind"] == "taps"} == set(range(7))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tapsc import ir
 from tapsc.compile import Network, compile_network
+from tapsc.language import ir
 
 IMAGE_SHAPE = (2, 6, 6)
 

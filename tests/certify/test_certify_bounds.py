@@ -14,8 +14,8 @@ import torch
 from certify_nets import random_network
 from torch import nn
 
-from tapsc import ir
 from tapsc.certify.linear import METHODS, LinearBounds, spec_matrix
+from tapsc.language import ir
 from tapsc.measures import input_box
 
 

@@ -7,10 +7,10 @@ from certify_nets import random_network
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tapsc import ir
 from tapsc.certify.cascade import Cascade, SampleVerdict, select_indices
 from tapsc.certify.merge import Checked, MergedFile, combine
 from tapsc.certify.report import read_verdicts, summarize, write_results
+from tapsc.language import ir
 
 ATTACK = ir.InputAttack(steps=10, restarts=1, loss="margin")
 

@@ -10,7 +10,8 @@ import pytest
 from cli_helpers import invoke
 from tiny_run import SPEC, make_run
 
-from tapsc import rundir
+from tapsc.train import rundir
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:

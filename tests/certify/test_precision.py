@@ -10,7 +10,7 @@ from tapsc import evaluate as evaluate_module
 from tapsc.certify import certified, full_float32
 from tapsc.certify.cascade import certify_dataset
 from tapsc.certify.precision import tf32_matmuls
-from tapsc.spec import load_spec_text
+from tapsc.language.spec import load_spec_text
 
 
 def tf32_state():
@@ -60,9 +60,9 @@ def test_certification_runs_without_tf32(tf32_on, monkeypatch):
     # through the real code: the cascade's attack calls the network, its bounds call node_boxes
     from certify_nets import random_network
 
-    from tapsc import ir
     from tapsc.certify.cascade import Cascade
     from tapsc.certify.linear import LinearBounds
+    from tapsc.language import ir
 
     seen = []
     real_node_boxes = LinearBounds.node_boxes

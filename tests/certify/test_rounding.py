@@ -11,11 +11,12 @@ import pytest
 import torch
 from certify_nets import make_spec, random_network
 
-from tapsc import certify, ir
+from tapsc import certify
 from tapsc.certify import rounding
 from tapsc.certify.cascade import Cascade, SoundnessError
 from tapsc.certify.linear import METHODS, LinearBounds
 from tapsc.compile import compile_network
+from tapsc.language import ir
 
 ATTACK = ir.InputAttack(steps=10, restarts=1, loss="margin")
 TRUE, WRONG = 3, 5

@@ -21,9 +21,10 @@ import torch
 from cli_helpers import invoke
 from tiny_run import MERGE_EPS, MLP_SPEC, at_merge_eps, attack_witness, make_run
 
-from tapsc import rundir, sweep
 from tapsc.certify.report import read_verdicts
 from tapsc.data import load_dataset
+from tapsc.experiments import sweep
+from tapsc.train import rundir
 
 pytest.importorskip("onnxruntime")
 EPS = MERGE_EPS

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tapsc import rundir
 from tapsc.compile import compile_network
 from tapsc.data import load_dataset
-from tapsc.spec import load_spec_text
+from tapsc.language.spec import load_spec_text
+from tapsc.train import rundir
 
 SPEC = """\
 data digits { batch 64; test_subset 40 }
@@ -80,8 +80,8 @@ def witness(values, outputs=()) -> str:
 def attack_witness(run: Path, index: int, eps: float = MERGE_EPS) -> str:
     """tapsc's own counterexample for sample ``index``: a strong PGD point of the box, as a
     VNN-COMP ``sat`` answer."""
-    from tapsc import ir
     from tapsc.certify.attack import pgd_counterexamples
+    from tapsc.language import ir
 
     spec, network = rundir.load_run(run, "best")
     x, label = load_dataset(spec.data, train=False, shape=(1, 8, 8))[index]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tapsc import ir
+from tapsc.language import ir
 
 F32_EPS = torch.finfo(torch.float32).eps
 

@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from compile_helpers import make_spec
 from torch import nn
 
-from tapsc import ir
 from tapsc.compile import Network, compile_network
 from tapsc.errors import TapscError
+from tapsc.language import ir
 from tapsc.layers import LAYERS, BatchNorm, Normalize
-
-from compile_helpers import make_spec
 
 
 def _cnn(bn=True):
@@ -210,7 +209,7 @@ def test_linear_in_features_mismatch_is_reported():
 def test_one_normalize_value_for_every_channel_passes_check_and_compiles_like_three():
     """`tapsc check` accepts what the Normalize layer and the ONNX export accept: one mean and
     one std for all channels, or one per channel (issue 16: check demanded one per channel)."""
-    from tapsc.spec import load_spec_text
+    from tapsc.language.spec import load_spec_text
 
     body = ("model { input (3, 32, 32); flatten; linear(10) }\nperturbation linf { eps 0.01 }\n"
             "method { phase ibp }\noptimizer adam { epochs 1 }\n")

@@ -20,13 +20,13 @@ import torch
 from compile_helpers import make_spec
 from layer_cases import LAYER_CASES, randomize
 
-from tapsc import ir
-from tapsc.blocks import LAYER_CLASSES
 from tapsc.compile import Network
 from tapsc.export.onnx import export_onnx
+from tapsc.language import ir
+from tapsc.language.blocks import LAYER_CLASSES
+from tapsc.language.printer import print_spec, value_text
+from tapsc.language.spec import load_spec_text
 from tapsc.layers import LAYERS, BoundLayer
-from tapsc.printer import print_spec, value_text
-from tapsc.spec import load_spec_text
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "language.md"
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compile_helpers import assert_contains, sample_box
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layer_cases import LAYER_CASES
 
 from tapsc.layers import LAYERS
-
-from compile_helpers import assert_contains, sample_box
-from layer_cases import LAYER_CASES
 
 
 def _randomise(layer: torch.nn.Module, generator: torch.Generator) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
+from compile_helpers import assert_contains, make_spec, sample_box
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tapsc import ir
 from tapsc.compile import compile_network
+from tapsc.language import ir
 from tapsc.measures import input_box
-
-from compile_helpers import assert_contains, make_spec, sample_box
 
 
 @st.composite

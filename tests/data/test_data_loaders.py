@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_formats import write_cifar10, write_mnist, write_tinyimagenet
 
-from tapsc import ir
 from tapsc.data import load_dataset
 from tapsc.data.mnist import SYSTEM_FASHION
 from tapsc.errors import TapscError
-
-from data_formats import write_cifar10, write_mnist, write_tinyimagenet
+from tapsc.language import ir
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tapsc import ir
 from tapsc.data import load_dataset, load_validation
+from tapsc.language import ir
 
 
 def stacked(dataset):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tapsc import ir
 from tapsc.data import load_dataset, load_validation
 from tapsc.data.transforms import build_transform
 from tapsc.errors import TapscError
+from tapsc.language import ir
 
 RANDOM = [cls for cls in ir.AUGMENTATION_CLASSES if cls.random]
 DETERMINISTIC = [cls for cls in ir.AUGMENTATION_CLASSES if not cls.random]

@@ -7,7 +7,7 @@ import torch
 from cli_helpers import invoke
 from dist_helpers import DIST_SPEC, tapsc
 
-from tapsc import distributed
+from tapsc.train import distributed
 
 
 @pytest.mark.parametrize("args, code", [

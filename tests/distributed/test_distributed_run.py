@@ -12,9 +12,9 @@ import pytest
 import torch
 from dist_helpers import DIST_SPEC, start_tapsc, tapsc, worker_with_rank
 
-from tapsc import distributed, rundir
-from tapsc.run import RunOptions, Trainer
-from tapsc.spec import load_spec_text
+from tapsc.language.spec import load_spec_text
+from tapsc.train import distributed, rundir
+from tapsc.train.run import RunOptions, Trainer
 
 pytestmark = pytest.mark.slow
 

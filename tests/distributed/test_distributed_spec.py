@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dist_helpers import DIST_SPEC
 
-from tapsc.printer import print_spec
-from tapsc.spec import load_spec_text
+from tapsc.language.printer import print_spec
+from tapsc.language.spec import load_spec_text
 
 PLAIN = DIST_SPEC.replace("distributed { sync_batchnorm true }\n", "")
 

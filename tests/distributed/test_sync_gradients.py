@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 from dist_helpers import DIST_SPEC
 
-from tapsc import distributed
-from tapsc.spec import load_spec_text
+from tapsc.language.spec import load_spec_text
+from tapsc.train import distributed
 
 EPS = 0.05
 CONV_SPEC = DIST_SPEC.replace(
@@ -31,7 +31,7 @@ EPOCHS = {"linear": 1, "conv": 1, "taps": 2}  # IBP (at eps = eps_target the Shi
 
 def _loss(spec_text, network, x, y, epoch=1, global_mean=None):
     from tapsc.method import phase_loss
-    from tapsc.run import phase_at
+    from tapsc.train.run import phase_at
 
     phase = phase_at(load_spec_text(spec_text), epoch)
     loss, _ = phase_loss(network, phase, x, y, EPS, EPS, global_mean=global_mean)

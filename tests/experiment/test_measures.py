@@ -11,9 +11,10 @@ import typing
 import pytest
 import torch
 
-from tapsc import ir, margins, measures
+from tapsc import margins, measures
 from tapsc.compile import compile_network
 from tapsc.errors import TapscError
+from tapsc.language import ir
 from tapsc.measures import ANALYSIS, CERTIFY, EVAL, KINDS, MEASURES, PLACES, SWEEP
 
 COMPUTED = [name for name, m in MEASURES.items() if m.computed]
@@ -99,7 +100,7 @@ def test_verdicts_follow_the_kind(name, tiny):
 
 
 def test_the_ir_accepts_exactly_the_eval_measures():
-    from tapsc.spec import load_spec_text
+    from tapsc.language.spec import load_spec_text
 
     assert set(typing.get_args(ir.Metric)) == set(measures.names(EVAL))
     assert set(ir.Eval().metrics) <= set(measures.names(EVAL))
@@ -115,8 +116,8 @@ def test_the_ir_accepts_exactly_the_eval_measures():
 def test_eval_reports_every_eval_measure(tiny):
     from torch.utils.data import TensorDataset
 
-    from tapsc.display import results_table
     from tapsc.evaluate import evaluate
+    from tapsc.train.display import results_table
 
     spec, network, x, y = tiny
     results = evaluate(network, TensorDataset(x, y), spec, measures.names(EVAL))
@@ -126,7 +127,8 @@ def test_eval_reports_every_eval_measure(tiny):
 
 
 def test_sweep_shows_every_sweep_measure_with_a_name_and_a_color():
-    from tapsc import display, plots, sweep
+    from tapsc.experiments import plots, sweep
+    from tapsc.train import display
 
     assert sweep.METRIC_COLUMNS == measures.names(SWEEP)
     columns = sweep.columns(sweep.Sweep(spec_path=None, sets=[], folder=None))
@@ -138,8 +140,8 @@ def test_sweep_shows_every_sweep_measure_with_a_name_and_a_color():
 
 
 def test_analysis_estimates_every_analysis_measure_sound_first(tiny):
-    from tapsc import analysis, plots
     from tapsc.commands import experiment
+    from tapsc.experiments import analysis, plots
 
     assert set(analysis.ESTIMATES) == set(measures.names(ANALYSIS))
     order = [KINDS.index(MEASURES[n].kind) for n in analysis.ESTIMATES]

@@ -15,8 +15,8 @@ import pytest
 import torch
 from experiment_helpers import FAST_SPEC, SWEEP_SETS, invoke, write_spec
 
-from tapsc import rundir
-from tapsc.sweep import METRIC_COLUMNS, Axis, grid, parse_sets, split_values
+from tapsc.experiments.sweep import METRIC_COLUMNS, Axis, grid, parse_sets, split_values
+from tapsc.train import rundir
 
 
 def test_values_split_at_top_level_commas_only():
@@ -148,7 +148,7 @@ def test_parallel_points_match_the_sequential_sweep(swept: Path, tmp_path: Path,
 
 
 def test_a_failed_parallel_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypatch):
-    import tapsc.sweep as sweep_module
+    import tapsc.experiments.sweep as sweep_module
 
     def stand_ins(sweep, point, status, options):  # no training: what the sweep does with each outcome
         results = sweep.run_dir(point) / "results.json"
@@ -172,7 +172,7 @@ def test_a_failed_parallel_point_is_recorded_and_the_sweep_goes_on(tmp_path: Pat
 def test_each_cpu_point_gets_a_share_of_the_cores(monkeypatch):
     import os
 
-    from tapsc.sweep import point_environment
+    from tapsc.experiments.sweep import point_environment
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -183,7 +183,7 @@ def test_each_cpu_point_gets_a_share_of_the_cores(monkeypatch):
 
 
 def test_each_gpu_slot_gets_its_own_gpu(monkeypatch):
-    from tapsc.sweep import point_environment
+    from tapsc.experiments.sweep import point_environment
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -9,9 +9,9 @@ import onnx
 import pytest
 import torch
 
-from tapsc import ir
 from tapsc.errors import UnsupportedExport
 from tapsc.export.onnx import PLAIN_OPS, export_model, export_onnx
+from tapsc.language import ir
 from tapsc.layers import BoundLayer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "certify"))

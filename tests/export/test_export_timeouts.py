@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tapsc import ir
 from tapsc.errors import TapscError
 from tapsc.export.benchmark import MAX_TOTAL_TIMEOUT, Sample, capped_timeout, timeout_text, write_benchmark
+from tapsc.language import ir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "certify"))
 from certify_nets import random_network  # noqa: E402

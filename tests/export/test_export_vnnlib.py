@@ -11,11 +11,11 @@ import pytest
 import torch
 from vnnlib_reader import read_property, unsafe
 
-from tapsc import ir
 from tapsc.certify.attack import pgd_counterexamples
 from tapsc.errors import UnsupportedExport
 from tapsc.export.benchmark import Sample, capped_timeout, write_benchmark
 from tapsc.export.vnnlib import property_text, write_property
+from tapsc.language import ir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "certify"))
 from certify_nets import random_network  # noqa: E402

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tapsc import ir
-from tapsc.build_ir import field_names
 from tapsc.errors import TapscError
-from tapsc.printer import print_spec
-from tapsc.spec import load_spec_text
+from tapsc.language import ir
+from tapsc.language.build_ir import field_names
+from tapsc.language.printer import print_spec
+from tapsc.language.spec import load_spec_text
 
 SPEC = """data mnist { batch 64 }
 model { flatten; linear(100); relu; linear(10) }

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from cli_helpers import DIGITS_TAPS_BODY
 
-from tapsc import ir
-from tapsc.printer import print_spec
-from tapsc.spec import load_spec_text
+from tapsc.language import ir
+from tapsc.language.printer import print_spec
+from tapsc.language.spec import load_spec_text
 
 TAPS_PHASES = """\
   phase natural until epoch 1

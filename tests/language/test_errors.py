@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tapsc import ir
-from tapsc.diagnostics import render_error
 from tapsc.errors import TapscError
-from tapsc.spec import load_spec, load_spec_text
+from tapsc.language import ir
+from tapsc.language.diagnostics import render_error
+from tapsc.language.spec import load_spec, load_spec_text
 
 ERRORS = Path(__file__).parent.parent / "golden" / "errors"
 RENDERED = Path(__file__).parent.parent / "golden" / "rendered"

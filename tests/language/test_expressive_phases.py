@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tapsc import ir
 from tapsc.errors import TapscError
-from tapsc.printer import print_spec
-from tapsc.spec import load_spec_text
+from tapsc.language import ir
+from tapsc.language.printer import print_spec
+from tapsc.language.spec import load_spec_text
 
 NEW = ("mtl_ibp", "cc_ibp", "exp_ibp", "crown_ibp")
 HEAD = """data mnist { batch 64 }

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from tapsc.commands.language import check_one
-from tapsc.diagnostics import render_error
 from tapsc.errors import TapscError
+from tapsc.language.diagnostics import render_error
 
 SPECS = Path(__file__).parent.parent.parent / "specs"
 SHIPPED = sorted(SPECS.rglob("*.taps"))

@@ -3,8 +3,8 @@ the syntax is newline- and comment-aware."""
 
 from __future__ import annotations
 
-from tapsc import syntax
-from tapsc.syntax import BinaryOp, Group, Keyword, Name, Number, parse_file, parse_value
+from tapsc.language import syntax
+from tapsc.language.syntax import BinaryOp, Group, Keyword, Name, Number, parse_file, parse_value
 
 
 def test_every_grammar_rule_has_a_transformer_method():

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.printer import print_spec
-from tapsc.shapes import count_relus, layer_shapes, split_index
-from tapsc.spec import load_spec_text
+from tapsc.language import ir
+from tapsc.language.printer import print_spec
+from tapsc.language.shapes import count_relus, layer_shapes, split_index
+from tapsc.language.spec import load_spec_text
 
 TEMPLATE = """data mnist {{ batch 64 }}
 model {{ {model} }}
@@ -129,7 +129,7 @@ def test_adamw_cosine_and_warmup_load_and_round_trip():
 
 
 def test_rescaling_epochs_moves_the_warmup():
-    from tapsc.spec import with_epochs
+    from tapsc.language.spec import with_epochs
 
     spec = spec_of("flatten; linear(10)", optimizer="adam { schedule cosine; warmup 10 epochs; epochs 100 }")
     rescaled = with_epochs(spec, 20)
@@ -161,7 +161,7 @@ def test_warmup_takes_epoch_or_epochs_and_sgd_takes_momentum():
 def test_learning_rate_follows_the_formula_each_epoch():
     import math
 
-    from tapsc.lr_schedule import learning_rate
+    from tapsc.train.lr_schedule import learning_rate
 
     cosine = ir.Optimizer(lr=0.1, schedule="cosine", warmup=3, epochs=13)
     expected = [0.1 * (e + 1) / 4 for e in range(3)] + [0.1 * (1 + math.cos(math.pi * t / 10)) / 2 for t in range(10)]
@@ -174,8 +174,8 @@ def test_learning_rate_follows_the_formula_each_epoch():
 def test_the_run_scheduler_applies_the_formula(kind):
     import torch
 
-    from tapsc.lr_schedule import learning_rate
-    from tapsc.run import make_optimizer
+    from tapsc.train.lr_schedule import learning_rate
+    from tapsc.train.run import make_optimizer
 
     spec = spec_of("flatten; linear(10)", optimizer=f"{kind} {{ lr 0.2; schedule cosine; warmup 2 epochs; "
                                                     "weight_decay 0.01; epochs 6 }")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tapsc import limits
 from tapsc.cli import app
 from tapsc.commands import language
 from tapsc.errors import TapscError
-from tapsc.spec import load_spec, load_spec_text
+from tapsc.language import limits
+from tapsc.language.spec import load_spec, load_spec_text
 
 ROOT = Path(__file__).parent.parent.parent
 QUICKSTART = (ROOT / "specs" / "quickstart.taps").read_text()
@@ -80,7 +80,7 @@ def test_nesting_just_below_the_limit_is_accepted():
 
 
 def test_long_source_lines_are_cut_around_the_caret():
-    from tapsc.diagnostics import MAX_LINE, render_diagnostic
+    from tapsc.language.diagnostics import MAX_LINE, render_diagnostic
 
     text = render_diagnostic(_diagnose(_with_eps("(" * 3000 + "0.1" + ")" * 3000)))
     assert max(len(line) for line in text.splitlines()) < MAX_LINE + 20
@@ -129,7 +129,7 @@ def test_undecodable_bytes_are_located(tmp_path: Path):
     diagnostic = _diagnose(path=path)
     assert diagnostic.code == "invalid-encoding" and "0xE9" in diagnostic.message
     assert (diagnostic.span.line, diagnostic.span.column) == (19, 13)
-    from tapsc.diagnostics import render_diagnostic
+    from tapsc.language.diagnostics import render_diagnostic
 
     assert "latin1.taps:19:13" in render_diagnostic(diagnostic) and "^" in render_diagnostic(diagnostic)
 

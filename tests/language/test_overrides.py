@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tapsc.diagnostics import render_error
 from tapsc.errors import TapscError
-from tapsc.spec import load_spec, load_spec_text
+from tapsc.language.diagnostics import render_error
+from tapsc.language.spec import load_spec, load_spec_text
 
 ROOT = Path(__file__).parent.parent.parent
 CIFAR8 = ROOT / "specs" / "cnn7_cifar_8.taps"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tapsc.diagnostics import render_error
 from tapsc.errors import TapscError
-from tapsc.spec import load_spec
+from tapsc.language.diagnostics import render_error
+from tapsc.language.spec import load_spec
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "specs" / "quickstart.taps"
 TWO_IBP = """data digits { batch 8 }

@@ -8,10 +8,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tapsc import ir
-from tapsc.diagnostics import render_error
 from tapsc.errors import TapscError
-from tapsc.spec import load_spec_text
+from tapsc.language import ir
+from tapsc.language.diagnostics import render_error
+from tapsc.language.spec import load_spec_text
 
 ROOT = Path(__file__).parent.parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.taps"))

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tapsc import ir
 from tapsc.errors import TapscError
-from tapsc.schedule import rescale_epochs
-from tapsc.spec import load_spec, load_spec_text, with_epochs
+from tapsc.language import ir
+from tapsc.language.schedule import rescale_epochs
+from tapsc.language.spec import load_spec, load_spec_text, with_epochs
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "ir" / "rescaled" / "cnn7_cifar_8_epochs_8.json"

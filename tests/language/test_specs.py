@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tapsc import ir
 from tapsc.errors import TapscError
-from tapsc.printer import layer_rows, print_spec
-from tapsc.shapes import count_relus, split_index
-from tapsc.spec import load_spec, load_spec_text
+from tapsc.language import ir
+from tapsc.language.printer import layer_rows, print_spec
+from tapsc.language.shapes import count_relus, split_index
+from tapsc.language.spec import load_spec, load_spec_text
 
 ROOT = Path(__file__).parent.parent.parent
 # specs/*.taps and one level of subfolders (specs/study/); specs/lib and specs/*/lib hold
@@ -64,8 +64,8 @@ def test_round_trip_through_printer(path: Path):
 def test_loading_a_spec_does_not_import_torch():
     import subprocess
 
-    code = ("import sys; from tapsc.spec import load_spec; load_spec('specs/cnn7_cifar_8.taps'); "
-            "import tapsc.check, tapsc.printer; print('torch' in sys.modules)")
+    code = ("import sys; from tapsc.language.spec import load_spec; load_spec('specs/cnn7_cifar_8.taps'); "
+            "import tapsc.language.check, tapsc.language.printer; print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tapsc import ir, limits
 from tapsc.data.catalogue import CATALOGUE
-from tapsc.diagnostics import render_diagnostics
 from tapsc.errors import TapscError
-from tapsc.spec import load_spec, load_spec_text
+from tapsc.language import ir, limits
+from tapsc.language.diagnostics import render_diagnostics
+from tapsc.language.spec import load_spec, load_spec_text
 
 ROOT = Path(__file__).resolve().parents[2]
 WARNINGS = ROOT / "tests" / "golden" / "warnings"
@@ -95,8 +95,8 @@ def test_parameter_limit_is_declared_once_and_states_itself():
 
 
 def test_catalogue_is_the_one_list_of_datasets():
-    from tapsc.data.base import LOADERS
     import tapsc.data.loading  # noqa: F401  (registers the loaders)
+    from tapsc.data.base import LOADERS
 
     assert set(LOADERS) == set(CATALOGUE)
     assert set(ir.Data.model_fields["dataset"].annotation.__args__) == set(CATALOGUE)
@@ -114,5 +114,5 @@ def test_catalogue_shapes_match_what_the_digits_loader_serves():
 
 
 def test_the_catalogue_does_not_import_torch():
-    code = "import tapsc.data.catalogue, tapsc.ir, sys; assert 'torch' not in sys.modules"
+    code = "import tapsc.data.catalogue, tapsc.language.ir, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -23,7 +23,7 @@ def test_parse_a_spec_from_the_installed_wheel(tmp_path: Path):
     assert (target / "tapsc" / "library" / "cnn7.taps").is_file()
     # The target goes first on sys.path so it wins over the development (editable) install.
     code = (f"import sys; sys.path.insert(0, {str(target)!r}); "
-            "import tapsc.syntax as s, tapsc.spec as p; "
+            "import tapsc.language.syntax as s, tapsc.language.spec as p; "
             f"spec = p.load_spec({str(ROOT / 'specs' / 'cnn7_cifar_8.taps')!r}); "
             "print(s.__file__); print(len(spec.model.layers))")
     result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,

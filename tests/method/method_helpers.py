@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tapsc import ir
 from tapsc.compile import compile_network
+from tapsc.language import ir
 
 
 def make_spec(layers, input_shape=(1, 6, 6), split=0, init="default", phases=(ir.NaturalPhase(),)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.connectors import CONNECTORS, connect, connect_with
 
 # z_lo = 0, z_hi = 2; rows: z_hat on the lower bound, on the upper bound, at 0.5, at 1.0 (centre).

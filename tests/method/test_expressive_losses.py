@@ -18,16 +18,14 @@ import math
 
 import pytest
 import torch
+from method_helpers import batch, build, make_spec
 
-from tapsc import ir
+from tapsc.compile import compile_network
+from tapsc.language import ir
 from tapsc.method import phase_loss
 from tapsc.method.crown_ibp import crown_ibp_margin_upper
 from tapsc.method.input_attack import input_box
 from tapsc.method.losses import ibp_margin_upper
-
-from tapsc.compile import compile_network
-
-from method_helpers import batch, build, make_spec
 
 Z_IBP, Z_CROWN_IBP, Z_ADV = -0.6, -0.7, -0.8
 ATTACK = ir.InputAttack(steps=10, restarts=2)

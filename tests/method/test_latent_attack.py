@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tapsc import ir
-from tapsc.method.latent_attack import latent_attack, margins_at, taps_margins, wrong_classes
-from tapsc.method.input_attack import input_box
-from tapsc.method.losses import ibp_margin_upper
-
 from method_helpers import batch, build
+
+from tapsc.language import ir
+from tapsc.method.input_attack import input_box
+from tapsc.method.latent_attack import latent_attack, margins_at, taps_margins, wrong_classes
+from tapsc.method.losses import ibp_margin_upper
 
 
 def test_wrong_classes_skip_the_true_class():

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tapsc import ir
-from tapsc.method import eps_at, phase_loss
-
 from method_helpers import build
+
+from tapsc.language import ir
+from tapsc.method import eps_at, phase_loss
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "losses" / "taps_tiny_cpu.json"
 SCHEDULE = ir.EpsSchedule(shape="smooth", start_epoch=0, end_epoch=2)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_helpers import batch, build
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.input_attack import input_box
 from tapsc.method.losses import bound_ce, combine_scaled, ibp_margin_upper
 from tapsc.method.regularizers import l1_penalty
 from tapsc.method.sabr import sabr_box, sabr_loss
-
-from method_helpers import batch, build
 
 
 def _factors():

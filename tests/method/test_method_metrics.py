@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-
-from tapsc import ir
-from tapsc.method.metrics import clean_margin, ibp_margin, natural_correct, pgd_margin, taps_margin
-
 from method_helpers import batch, build
+
+from tapsc.language import ir
+from tapsc.method.metrics import clean_margin, ibp_margin, natural_correct, pgd_margin, taps_margin
 
 
 def _trained_ish(seed=0):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import batch, build
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.layers import LAYERS
 from tapsc.method import CONNECTORS, LOSSES, phase_loss
 from tapsc.method.input_attack import input_box
 from tapsc.method.losses import bound_ce, ibp_margin_upper
-
-from method_helpers import batch, build
 
 SMALL_LATENT = ir.LatentAttack(steps=4)
 SMALL_INPUT = ir.InputAttack(steps=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tapsc import ir
+from tapsc.language import ir
 from tapsc.method.schedules import eps_at
 
 SMOOTH = ir.EpsSchedule(shape="smooth", start_epoch=2, end_epoch=10)

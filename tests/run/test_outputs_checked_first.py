@@ -15,8 +15,8 @@ import pytest
 from run_helpers import TINY_SPEC, invoke, write_spec
 
 from tapsc.errors import TapscError
-from tapsc.outputs import ensure_writable_file, ensure_writable_folder
-from tapsc.spec import load_spec_text
+from tapsc.language.spec import load_spec_text
+from tapsc.train.outputs import ensure_writable_file, ensure_writable_folder
 
 
 @pytest.fixture
@@ -59,12 +59,12 @@ def test_run_and_sweep_check_out_before_training(tmp_path, blocked):
 
 
 def test_eval_checks_the_run_folder_first(bare_run, monkeypatch):
-    import tapsc.outputs
+    import tapsc.train.outputs
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(tapsc.outputs.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tapsc.train.outputs.tempfile, "mkstemp", refuse)
     result = invoke("eval", bare_run, "--device", "cpu")
     _assert_unwritable(result, bare_run)
     assert "Permission denied" in result.output
@@ -89,8 +89,8 @@ def test_a_run_directory_written_before_a_setting_was_removed_still_loads(tmp_pa
     it loads, while a non-default value of a removed setting is still refused."""
     import json
 
-    from tapsc import rundir
     from tapsc.errors import TapscError
+    from tapsc.train import rundir
 
     run = tmp_path / "old"
     run.mkdir()

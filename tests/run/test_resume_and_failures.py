@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tapsc import rundir
-from tapsc.errors import TapscError
-
 from run_helpers import TINY_SPEC, assert_same_weights, invoke, weights, write_spec
+
+from tapsc.errors import TapscError
+from tapsc.train import rundir
 
 LONGER = TINY_SPEC.replace("train_subset 192", "train_subset 320").replace("epochs 4", "epochs 8")
 ROOT = Path(__file__).resolve().parents[2]

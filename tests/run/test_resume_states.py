@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from run_helpers import invoke, write_spec
 
-from tapsc import rundir
+from tapsc.train import rundir
 
 EPOCHS = 4  # of TINY_SPEC
 
@@ -33,12 +33,12 @@ def run(finished, tmp_path) -> Path:
 @pytest.fixture
 def no_data(monkeypatch):
     """Loading data fails loudly: the resume must decide before it."""
-    import tapsc.run
+    import tapsc.train.run
 
     def refuse(self):
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(tapsc.run.Trainer, "_load_data", refuse)
+    monkeypatch.setattr(tapsc.train.run.Trainer, "_load_data", refuse)
 
 
 def _cut_last_line(run: Path) -> str:

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
-
-from tapsc import ir
-from tapsc.rundir import load_run
-from tapsc.spec import load_spec
-
 from run_helpers import TINY_SPEC, invoke, weights, write_spec
+
+from tapsc.language import ir
+from tapsc.language.spec import load_spec
+from tapsc.train.rundir import load_run
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,8 @@ def test_rows_say_where_the_training_time_went(finished_run):
 
 
 def test_running_taps_probes_are_capped_per_epoch(tmp_path, monkeypatch):
-    from tapsc import margins, run
+    from tapsc import margins
+    from tapsc.train import run
 
     probed = []
     real = margins.robust
@@ -151,7 +151,7 @@ def test_running_taps_probes_are_capped_per_epoch(tmp_path, monkeypatch):
 
 
 def test_training_passes_run_tf32_matmuls_and_evaluation_does_not(tmp_path, monkeypatch):
-    from tapsc import run
+    from tapsc.train import run
 
     assert run.use_tf32(run.RunOptions(), torch.device("cuda"))
     assert not run.use_tf32(run.RunOptions(tf32=False), torch.device("cuda"))
@@ -183,7 +183,7 @@ def test_training_passes_run_tf32_matmuls_and_evaluation_does_not(tmp_path, monk
 
 def test_run_options_survive_the_worker_command_line(tmp_path, monkeypatch):
     # launched workers and sweep points get the launcher's options as `tapsc run` flags
-    from tapsc import run
+    from tapsc.train import run
 
     captured = []
     monkeypatch.setattr(run, "start_run", lambda spec, text, target, options, emit: captured.append(options))

@@ -1,14 +1,14 @@
 """The spec pipeline: .taps text -> a validated, checked `ir.Spec`.
 
-1. parse every file (tapsc/syntax.py);
-2. build the settings document (tapsc/sections.py): the built-in library blocks
+1. parse every file (tapsc/language/syntax.py);
+2. build the settings document (tapsc/language/sections.py): the built-in library blocks
    first, then the file, whose `include`s apply their file where they stand;
    later declarations override earlier ones field by field;
-3. apply `--set path=value` overrides (tapsc/overrides.py);
-4. lower: expand blocks and `repeat` (tapsc/blocks.py), fill defaults that depend
+3. apply `--set path=value` overrides (tapsc/language/overrides.py);
+4. lower: expand blocks and `repeat` (tapsc/language/blocks.py), fill defaults that depend
    on other sections (input shape, phase starts, marker split);
 5. validate with pydantic, mapping each error back to the span of its value;
-6. run the named semantic checks (tapsc/check.py).
+6. run the named semantic checks (tapsc/language/check.py).
 
 Each pass reports all its errors together as one `TapscError`.
 """
@@ -23,12 +23,12 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
-from tapsc import ir, limits
-from tapsc.build_ir import BlockDef, Table
-from tapsc.diagnostics import register_source
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.ir import Span
-from tapsc.syntax import String, parse_file
+from tapsc.language import ir, limits
+from tapsc.language.build_ir import BlockDef, Table
+from tapsc.language.diagnostics import register_source
+from tapsc.language.ir import Span
+from tapsc.language.syntax import String, parse_file
 
 __all__ = ["load_spec", "load_spec_text", "build_document", "library_files"]
 
@@ -126,15 +126,15 @@ def load_spec_text(text: str, filename: str = "<string>", overrides: Sequence[st
 
 
 def with_epochs(spec: ir.Spec, epochs: int, warnings: list[Diagnostic] | None = None):
-    """``spec`` rescaled to ``epochs`` epochs (`tapsc.schedule.rescale_epochs`), checked again.
+    """``spec`` rescaled to ``epochs`` epochs (`tapsc.language.schedule.rescale_epochs`), checked again.
 
     Returns:
-        The `tapsc.schedule.Rescaled` (its ``spec`` and a summary of the changes).
+        The `tapsc.language.schedule.Rescaled` (its ``spec`` and a summary of the changes).
 
     Raises:
         TapscError: too few epochs for the phases, or a check the rescaled spec fails.
     """
-    from tapsc.schedule import rescale_epochs
+    from tapsc.language.schedule import rescale_epochs
 
     rescaled = rescale_epochs(spec, epochs)
     checked(rescaled.spec, warnings)
@@ -142,12 +142,12 @@ def with_epochs(spec: ir.Spec, epochs: int, warnings: list[Diagnostic] | None = 
 
 
 def checked(spec: ir.Spec, warnings: list[Diagnostic] | None = None) -> ir.Spec:
-    """``spec`` after the semantic checks (tapsc/check.py); their warnings go to ``warnings``.
+    """``spec`` after the semantic checks (tapsc/language/check.py); their warnings go to ``warnings``.
 
     Raises:
         TapscError: the errors among the checks' diagnostics.
     """
-    from tapsc.check import errors_and_warnings, run_checks
+    from tapsc.language.check import errors_and_warnings, run_checks
 
     errors, found = errors_and_warnings(run_checks(spec))
     if errors:  # the warnings too: a ReLU after the logits explains an empty classifier
@@ -169,7 +169,7 @@ class _Loader:
         self.bytes_read = 0  # of the spec and its includes, against limits.SOURCE_BYTES
 
     def apply_text(self, text: str, filename: str, library: bool = False) -> None:
-        from tapsc.sections import apply_file
+        from tapsc.language.sections import apply_file
 
         register_source(filename, text)
         try:
@@ -223,7 +223,7 @@ def _display(path: Path) -> str:
 
 def build_document(text: str, filename: str, overrides: Sequence[str] = ()):
     """Parse and merge library, file, includes and overrides; raises on any problem."""
-    from tapsc.overrides import apply_override
+    from tapsc.language.overrides import apply_override
 
     text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the spec
     loader = _Loader()
@@ -255,7 +255,7 @@ def build_document(text: str, filename: str, overrides: Sequence[str] = ()):
 
 def validate(doc: Table, blocks: dict[str, BlockDef], main_span: Span) -> ir.Spec:
     """Lower the document and validate it against the IR schema."""
-    from tapsc.lowering import lower, schema_diagnostics
+    from tapsc.language.lowering import lower, schema_diagnostics
 
     plain, spans, problems = lower(doc, blocks)
     if problems:

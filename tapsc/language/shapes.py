@@ -3,13 +3,13 @@
 Shapes exclude the batch dimension: (C, H, W) for feature maps, (D,) for vectors.
 Used by the semantic checks (to report a bad layer with its span) and by the
 compiler (to size each layer's parameters). Each kind's shape rule is its IR class's
-``out_shape`` (`tapsc.ir.LayerNode`); this module walks sequences and finds the split.
+``out_shape`` (`tapsc.language.ir.LayerNode`); this module walks sequences and finds the split.
 """
 
 from __future__ import annotations
 
-from tapsc import ir
-from tapsc.ir import Shape, ShapeError
+from tapsc.language import ir
+from tapsc.language.ir import Shape, ShapeError
 
 __all__ = ["Shape", "ShapeError", "count_relus", "layer_names", "layer_shapes", "split_index"]
 

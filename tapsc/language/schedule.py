@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.language import ir
 
 
 @dataclass(frozen=True)

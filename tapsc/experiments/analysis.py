@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
-from tapsc import ir, measures
+from tapsc import measures
 from tapsc.certify.precision import full_float32
-from tapsc.shapes import count_relus, split_index
+from tapsc.language import ir
+from tapsc.language.shapes import count_relus, split_index
 
 ESTIMATES = measures.by_kind(measures.names(measures.ANALYSIS))  # loosest sound ... attack
 SOUND = measures.names(measures.ANALYSIS, "sound")
@@ -276,12 +277,12 @@ def analyze_run(run_dir: Path, *, samples: int = 200, which: str = "best", metho
     """
     from torch.utils.data import DataLoader
 
-    from tapsc import rundir
     from tapsc.data import load_dataset
     from tapsc.data.loading import first
     from tapsc.errors import Diagnostic, TapscError
     from tapsc.method.metrics import natural_correct
-    from tapsc.runtime import resolve_device
+    from tapsc.train import rundir
+    from tapsc.train.runtime import resolve_device
 
     unknown = [m for m in methods if m not in ESTIMATES]
     if unknown or not methods:

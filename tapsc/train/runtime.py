@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tapsc import distributed
 from tapsc.errors import Diagnostic, TapscError
+from tapsc.train import distributed
 
 
 def resolve_device(name: str) -> torch.device:
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; in a worker of a
-    distributed run, ``cuda:LOCAL_RANK`` or the CPU (``tapsc.distributed.worker_device``).
+    distributed run, ``cuda:LOCAL_RANK`` or the CPU (``tapsc.train.distributed.worker_device``).
 
     Raises:
         TapscError: an unknown device, or CUDA asked for but absent.

@@ -5,7 +5,7 @@ The document is a tree of `Table`s (sections, nested settings) whose leaves are
 `--set` overrides each build a fragment; `merge` lays a later fragment over an
 earlier one field by field (a `Table` merges, a `Val` or list replaces). Model
 layers stay unexpanded (`LayerSource`) until every block is known; see
-tapsc/blocks.py. Setting names follow the IR field names, plus a few readable
+tapsc/language/blocks.py. Setting names follow the IR field names, plus a few readable
 forms (`decay 0.2 at (120, 140)`, `schedule smooth from 1 to 81`, `phase taps until 80`).
 """
 
@@ -17,11 +17,22 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from tapsc import ir, limits
-from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
-from tapsc.ir import Span
-from tapsc.syntax import BinaryOp, Group, Keyword, Name, Negate, Number, Statement, String, Value, Word
+from tapsc.language import ir, limits
+from tapsc.language.diagnostics import did_you_mean
+from tapsc.language.ir import Span
+from tapsc.language.syntax import (
+    BinaryOp,
+    Group,
+    Keyword,
+    Name,
+    Negate,
+    Number,
+    Statement,
+    String,
+    Value,
+    Word,
+)
 
 # ---------------------------------------------------------------- the document
 
@@ -88,7 +99,7 @@ class Problem(Exception):
 
     @classmethod
     def of(cls, diagnostic: Diagnostic) -> "Problem":
-        """A Problem carrying a ready-made diagnostic (e.g. one of `tapsc.limits`)."""
+        """A Problem carrying a ready-made diagnostic (e.g. one of `tapsc.language.limits`)."""
         return cls(diagnostic.code, diagnostic.message, diagnostic.span, diagnostic.help, diagnostic.label)
 
 

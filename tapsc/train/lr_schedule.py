@@ -7,14 +7,14 @@
 - ``schedule cosine``: lr * (1 + cos(pi * t / T)) / 2 with t = e - W and T = epochs - W:
   lr at the first epoch after warm-up, approaching 0 at the end.
 
-Epochs are counted from 0. `tapsc.run.make_optimizer` applies it once per epoch.
+Epochs are counted from 0. `tapsc.train.run.make_optimizer` applies it once per epoch.
 """
 
 from __future__ import annotations
 
 import math
 
-from tapsc import ir
+from tapsc.language import ir
 
 
 def learning_rate(opt: ir.Optimizer, epoch: int) -> float:

@@ -11,7 +11,7 @@ one run directory per point (``03-path=value``), ``sweep.csv`` (rewritten after 
 point) and the plots. Points run one after another in this process, or with ``parallel``
 N > 1 up to N at once, each a ``tapsc run`` subprocess (its own GPU where there are several).
 Running the same sweep again (or ``tapsc sweep --resume DIR``) skips finished points (they
-have results.json), resumes an interrupted one through ``tapsc.run.resume_run`` (or
+have results.json), resumes an interrupted one through ``tapsc.train.run.resume_run`` (or
 ``tapsc run --resume``) and starts the rest.
 
 This module knows nothing of Rich: progress goes to the ``on_point`` callback and the
@@ -189,7 +189,7 @@ class Sweep:
         if not self.spec_path.is_file():
             raise TapscError(Diagnostic(code="missing-spec", message=f"no spec file at {self.spec_path}",
                                         help="pass the path of a .taps file"))
-        from tapsc.spec import load_spec
+        from tapsc.language.spec import load_spec
 
         return [load_spec(self.spec_path, [*self.fixed, *point.overrides()]) for point in self.points]
 
@@ -230,7 +230,7 @@ def run_sweep(sweep: Sweep, options, make_emit: Callable[[Point], Any], on_point
 
     Args:
         sweep: the grid (``Sweep.create`` or ``Sweep.load``).
-        options: ``tapsc.run.RunOptions`` for every point.
+        options: ``tapsc.train.run.RunOptions`` for every point.
         make_emit: gives the event receiver for one point's run (and may start a display);
             unused when ``parallel`` > 1 (each point's output goes to its sweep.log).
         on_point: told "skip", "resume", "start", "failed: ..." or "done" per point.
@@ -242,7 +242,7 @@ def run_sweep(sweep: Sweep, options, make_emit: Callable[[Point], Any], on_point
             (one at a time only) missing data. A point whose loss diverges (with N > 1: any
             point whose process fails) is recorded as failed and the sweep goes on.
     """
-    from tapsc.run import TrainingDiverged, resume_run, start_run
+    from tapsc.train.run import TrainingDiverged, resume_run, start_run
 
     check_parallel(parallel)
     specs = sweep.check()
@@ -303,7 +303,7 @@ def point_command(sweep: Sweep, point: Point, status: str, options) -> list[str]
 def point_environment(slot: int, device: str, on_cpu: bool, parallel: int) -> dict[str, str]:
     """The environment of the subprocess in ``slot``: its own GPU (``device`` auto or cuda),
     or on the CPU an equal share of the cores unless OMP_NUM_THREADS is set already."""
-    from tapsc.distributed import slot_environment
+    from tapsc.train.distributed import slot_environment
 
     env = dict(os.environ)
     if device in ("auto", "cuda"):  # "cuda:N" or "cpu" name the device for every point
@@ -322,7 +322,7 @@ def run_parallel(sweep: Sweep, options, on_point: OnPoint, parallel: int) -> lis
     end of its log, and the sweep goes on. Ctrl-C or SIGTERM stops the running points; they
     resume on the next run.
     """
-    from tapsc.runtime import resolve_device
+    from tapsc.train.runtime import resolve_device
 
     on_cpu = resolve_device(options.device).type == "cpu"  # a bad device: one message, nothing started
     total, failures = len(sweep.points), {}
@@ -497,7 +497,7 @@ def certified_column(rows: Sequence[dict[str, Any]]) -> str | None:
 def taps_accuracy_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Table 9 over the points: TAPS accuracy against PGD and certified accuracy (sweep.json's
     ``correlation``)."""
-    from tapsc.analysis import correlation
+    from tapsc.experiments.analysis import correlation
 
     done = [r for r in rows if r["status"] == "done" and r.get("taps") is not None]
     result: dict[str, Any] = {"points": len(done)}
@@ -512,7 +512,7 @@ def taps_accuracy_correlation(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(sweep: Sweep, rows: Sequence[dict[str, Any]]) -> list[Path]:
     """One PNG per swept setting: accuracies against its values."""
-    from tapsc.plots import sweep_accuracy
+    from tapsc.experiments.plots import sweep_accuracy
 
     done = [r for r in rows if r["status"] == "done"]
     if not done or not sweep.axes:

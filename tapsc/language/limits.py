@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tapsc.errors import Diagnostic
-from tapsc.ir import Span
+from tapsc.language.ir import Span
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel
 
-from tapsc import ir
-from tapsc.build_ir import field_names
+from tapsc.language import ir
+from tapsc.language.build_ir import field_names
 
 INDENT = "  "
 
@@ -185,7 +185,7 @@ def print_spec(spec: ir.Spec) -> str:
 
 def layer_rows(spec: ir.Spec) -> list[dict[str, Any]]:
     """One row per top-level layer: index, kind, arguments, output shape, parameters, ReLUs, part."""
-    from tapsc.shapes import count_relus, split_index
+    from tapsc.language.shapes import count_relus, split_index
 
     split = split_index(spec.model, spec.split)
     rows, shape = [], spec.model.input_shape

@@ -1,7 +1,7 @@
 """The meaning of each top-level section of a .taps file (data, model, method, ...).
 
 Each ``*_section(statement, problems)`` turns one section statement into a document
-`Table` (see tapsc/build_ir.py); `apply_file` runs them over a file's statements
+`Table` (see tapsc/language/build_ir.py); `apply_file` runs them over a file's statements
 and merges the results, so a later section overrides an earlier one field by field.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import typing
 from typing import Callable, Sequence
 
-from tapsc import ir
-from tapsc.blocks import LAYER_CLASSES, RESERVED
-from tapsc.build_ir import (
+from tapsc.errors import Diagnostic
+from tapsc.language import ir
+from tapsc.language.blocks import LAYER_CLASSES, RESERVED
+from tapsc.language.build_ir import (
     BlockDef,
     LayerSource,
     Problem,
@@ -29,9 +30,8 @@ from tapsc.build_ir import (
     settings,
     span_of,
 )
-from tapsc.diagnostics import did_you_mean
-from tapsc.errors import Diagnostic
-from tapsc.syntax import Group, Keyword, Name, Statement, String
+from tapsc.language.diagnostics import did_you_mean
+from tapsc.language.syntax import Group, Keyword, Name, Statement, String
 
 SECTIONS = ("data", "model", "split", "perturbation", "method", "optimizer", "eval", "export", "distributed")
 TOP_LEVEL = SECTIONS + ("include", "block")

@@ -15,9 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tapsc.display import METRIC_NAMES
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.measures import EVAL, MEASURES, names
+from tapsc.train.display import METRIC_NAMES
 
 
 def _color(name: str) -> str | None:

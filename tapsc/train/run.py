@@ -1,6 +1,6 @@
 """The training loop: the spec's phases, eps schedule, optimizer, milestones,
 clipping and L1, with a checkpoint at every epoch end. It emits events
-(``tapsc.events``) and knows nothing of how they are shown.
+(``tapsc.train.events``) and knows nothing of how they are shown.
 
 Determinism (what makes ``--resume`` repeat an uninterrupted run exactly on CPU):
 every epoch reseeds torch, numpy and random from (seed, epoch), and shuffles with a
@@ -8,7 +8,7 @@ every epoch reseeds torch, numpy and random from (seed, epoch), and shuffles wit
 -- weights, BatchNorm statistics, optimizer and lr-scheduler state -- is in the
 checkpoint, so restarting at the epoch after the last checkpoint replays the rest.
 
-Several processes (``tapsc.distributed``; torchrun or ``--nproc-per-node``): data
+Several processes (``tapsc.train.distributed``; torchrun or ``--nproc-per-node``): data
 parallel. Every rank holds the whole network, takes ``data.batch / world_size`` samples
 of each global batch from a ``DistributedSampler`` (reseeded per epoch), and the
 gradients are averaged over the ranks before clipping and the optimizer step, so the
@@ -32,13 +32,23 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from tapsc import distributed, ir, rundir
 from tapsc.data.loading import first
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.events import BatchEnded, Emit, EpochEnded, EpochStarted, Note, RunFinished, RunStarted, ignore
-from tapsc.lr_schedule import learning_rate
-from tapsc.outputs import ensure_writable_folder
-from tapsc.runtime import resolve_device, restore_rng_states, rng_states, seed_everything
+from tapsc.language import ir
+from tapsc.train import distributed, rundir
+from tapsc.train.events import (
+    BatchEnded,
+    Emit,
+    EpochEnded,
+    EpochStarted,
+    Note,
+    RunFinished,
+    RunStarted,
+    ignore,
+)
+from tapsc.train.lr_schedule import learning_rate
+from tapsc.train.outputs import ensure_writable_folder
+from tapsc.train.runtime import resolve_device, restore_rng_states, rng_states, seed_everything
 
 EPOCH_EVAL_CAP = 1000  # samples evaluated per epoch for model selection (keeps epochs cheap)
 EPOCH_METRICS = ("natural", "ibp")  # measured every epoch, with the selection metric
@@ -99,7 +109,7 @@ def phase_at(spec: ir.Spec, epoch: int) -> ir.Node:
 
 def make_optimizer(spec: ir.Spec, network: torch.nn.Module):
     """The optimizer and its lr scheduler (stepped once per epoch), which follows
-    `tapsc.lr_schedule.learning_rate` exactly."""
+    `tapsc.train.lr_schedule.learning_rate` exactly."""
     opt = spec.optimizer
     if opt.kind == "adam":
         optimizer = torch.optim.Adam(network.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)

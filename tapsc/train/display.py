@@ -12,9 +12,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tapsc.events import (BatchEnded, EpochEnded, EpochStarted, EvalEnded, EvalProgress, EvalStarted, Event, Note,
-                          RunFinished, RunStarted)
 from tapsc.measures import MEASURES
+from tapsc.train.events import (
+    BatchEnded,
+    EpochEnded,
+    EpochStarted,
+    EvalEnded,
+    EvalProgress,
+    EvalStarted,
+    Event,
+    Note,
+    RunFinished,
+    RunStarted,
+)
 
 METRIC_NAMES = {name: m.accuracy_label for name, m in MEASURES.items()}  # "IBP-certified", ...
 EPOCH_COLUMNS = ("epoch", "phase", "eps", "lr", "loss", "train nat", "nat", "IBP", "select", "time")

@@ -1,6 +1,6 @@
 """Settings document -> plain dict for `ir.Spec`, and pydantic errors -> diagnostics.
 
-Lowering expands the model (tapsc/blocks.py) and fills the defaults that depend
+Lowering expands the model (tapsc/language/blocks.py) and fills the defaults that depend
 on other sections: the input shape from the dataset and crop, each phase's start
 from the previous phase's end, and the split from a `split` marker. It records
 the span of every value by its pydantic location, so a schema error points at
@@ -14,13 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tapsc import ir
-from tapsc.blocks import expand_model
-from tapsc.build_ir import BlockDef, LayerSource, Table, Val
 from tapsc.data.catalogue import CATALOGUE
-from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
-from tapsc.ir import Span
+from tapsc.language import ir
+from tapsc.language.blocks import expand_model
+from tapsc.language.build_ir import BlockDef, LayerSource, Table, Val
+from tapsc.language.diagnostics import did_you_mean
+from tapsc.language.ir import Span
 
 Loc = tuple[Any, ...]
 

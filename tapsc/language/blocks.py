@@ -12,12 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tapsc import ir, limits
-from tapsc.build_ir import BlockDef, Problem, Table, Val, bind, expect_positional, field_names, need_body, plain
-from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
-from tapsc.ir import Span
-from tapsc.syntax import Name, Statement
+from tapsc.language import ir, limits
+from tapsc.language.build_ir import (
+    BlockDef,
+    Problem,
+    Table,
+    Val,
+    bind,
+    expect_positional,
+    field_names,
+    need_body,
+    plain,
+)
+from tapsc.language.diagnostics import did_you_mean
+from tapsc.language.ir import Span
+from tapsc.language.syntax import Name, Statement
 
 STRUCTURE = ("repeat", "residual", "split")
 # The layer kinds written as calls (`conv(16, kernel = 3)`): every IR layer kind but the structural

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.ir import Span
+from tapsc.language.ir import Span
 
 __all__ = ["Diagnostic", "TapscError", "did_you_mean", "register_source", "render_diagnostic", "render_error"]
 

@@ -15,7 +15,15 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from tapsc import measures
@@ -37,7 +45,7 @@ class Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     span: Span | None = Field(default=None, exclude=True, repr=False)
     # where each field's value was written (the spec or a `--set` override); filled by
-    # tapsc.spec after validation, read through `span_of`
+    # tapsc.language.spec after validation, read through `span_of`
     _field_spans: dict[str, Span] = PrivateAttr(default_factory=dict)
 
     def span_of(self, field: str) -> Span | None:
@@ -113,7 +121,7 @@ class Data(Node):
 def _window_size(minimum: int):
     """Validator of a 2-d window size: one whole number >= ``minimum`` for both dimensions,
     or a pair (height, width). One error per bad value (a plain union would report one per
-    member), typed so that `tapsc.lowering` words it like any other."""
+    member), typed so that `tapsc.language.lowering` words it like any other."""
 
     def check(value):
         items = tuple(value) if isinstance(value, (tuple, list)) else None
@@ -614,7 +622,7 @@ class Method(Node):
 
 
 class Optimizer(Node):
-    """lr per epoch: `tapsc.lr_schedule.learning_rate` (warm-up, then the step or cosine schedule)."""
+    """lr per epoch: `tapsc.train.lr_schedule.learning_rate` (warm-up, then the step or cosine schedule)."""
 
     kind: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: decoupled weight decay (Loshchilov & Hutter)
     lr: PositiveFloat = 5e-4

@@ -1,5 +1,5 @@
 """What the training loop reports, as plain data. The runner emits these; the CLI
-(``tapsc.display``) renders them with rich or as a plain log; tests collect them."""
+(``tapsc.train.display``) renders them with rich or as a plain log; tests collect them."""
 
 from __future__ import annotations
 

@@ -3,18 +3,18 @@
 Each check is a function ``check_*(spec) -> list[Diagnostic]`` registered with
 ``@check``; `run_checks` runs them all and returns every problem found. The
 checks are about relations between nodes (shapes, split, phases, schedule);
-single-field constraints live in the pydantic schema (tapsc/ir.py).
+single-field constraints live in the pydantic schema (tapsc/language/ir.py).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from tapsc import ir, limits
 from tapsc.data.catalogue import CATALOGUE
-from tapsc.diagnostics import did_you_mean
 from tapsc.errors import Diagnostic
-from tapsc.shapes import ShapeError, count_relus, layer_names, split_index
+from tapsc.language import ir, limits
+from tapsc.language.diagnostics import did_you_mean
+from tapsc.language.shapes import ShapeError, count_relus, layer_names, split_index
 
 Check = Callable[[ir.Spec], list[Diagnostic]]
 CHECKS: dict[str, Check] = {}

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from tapsc import ir
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.events import Emit, Note
-from tapsc.outputs import ensure_writable_folder
+from tapsc.language import ir
+from tapsc.train.events import Emit, Note
+from tapsc.train.outputs import ensure_writable_folder
 
 SPEC = "spec.taps"
 IR = "ir.json"

@@ -2,7 +2,7 @@
 
 `parse_tree` gives the raw `lark.Tree` (what `tapsc show --stage tree` prints);
 `parse_file` gives a tuple of `Statement`s, small frozen dataclasses with spans
-that `tapsc/build_ir.py` interprets section by section. Syntax errors become
+that `tapsc/language/build_ir.py` interprets section by section. Syntax errors become
 `TapscError`s with one `Diagnostic` each (Lark's text never reaches the user).
 """
 
@@ -17,9 +17,9 @@ from typing import Iterator, Union
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
-from tapsc import limits
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.ir import Span
+from tapsc.language import limits
+from tapsc.language.ir import Span
 
 # ---------------------------------------------------------------- syntax nodes
 
@@ -102,7 +102,7 @@ def grammar_text() -> str:
     try:
         return (importlib.resources.files("tapsc.grammar") / "taps.lark").read_text(encoding="utf-8")
     except ModuleNotFoundError:
-        source_tree = Path(__file__).resolve().parent.parent / "grammar" / "taps.lark"
+        source_tree = Path(__file__).resolve().parents[2] / "grammar" / "taps.lark"
         return source_tree.read_text(encoding="utf-8")
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 
-from tapsc.build_ir import Problem, Table, merge
-from tapsc.diagnostics import did_you_mean, register_source
 from tapsc.errors import Diagnostic, TapscError
-from tapsc.ir import Span
-from tapsc.sections import PHASE_CLASSES, SECTION_BUILDERS, SECTIONS, phase_settings
-from tapsc.syntax import Keyword, Statement, Value, parse_value
+from tapsc.language.build_ir import Problem, Table, merge
+from tapsc.language.diagnostics import did_you_mean, register_source
+from tapsc.language.ir import Span
+from tapsc.language.sections import PHASE_CLASSES, SECTION_BUILDERS, SECTIONS, phase_settings
+from tapsc.language.syntax import Keyword, Statement, Value, parse_value
 
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 _PHASE_INDEX = re.compile(r"method\.phase\[(\d+)\]\.")  # method.phase[2].attack.steps: one phase by position

@@ -1,0 +1,1 @@
+"""Experiments on top of the stages, never inside them: sweeps, margin analysis and plots."""
