@@ -39,3 +39,17 @@ def batch(size: int = 8, classes: int = 5, seed: int = 0):
     x = torch.rand((size, 1, 6, 6), generator=generator)
     y = torch.randint(0, classes, (size,), generator=generator)
     return x, y
+
+
+SMALL_LATENT = ir.LatentAttack(steps=4)
+SMALL_INPUT = ir.InputAttack(steps=3)
+# One case per phase kind (ir.PHASE_KINDS): the registry-driven tests (a loss that trains, a
+# golden loss value) read it, and fail naming any kind without one.
+PHASE_CASES = [
+    ir.NaturalPhase(), ir.PGDPhase(attack=SMALL_INPUT), ir.IBPPhase(shi_regularizer=0.5),
+    ir.SABRPhase(attack=SMALL_INPUT, shi_regularizer=0.5), ir.TAPSPhase(attack=SMALL_LATENT),
+    ir.STAPSPhase(attack=SMALL_LATENT, input_attack=SMALL_INPUT),
+    ir.MTLIBPPhase(attack=SMALL_INPUT), ir.CCIBPPhase(attack=SMALL_INPUT), ir.ExpIBPPhase(attack=SMALL_INPUT),
+    ir.CROWNIBPPhase(kappa_start=1.0, kappa_end=0.0),
+]
+

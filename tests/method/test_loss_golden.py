@@ -62,3 +62,44 @@ def test_tiny_taps_run_reproduces_its_losses(request):
         assert set(got) == set(want)
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-5), (got["epoch"], key)
+
+
+PHASE_GOLDEN = GOLDEN.parent / "phases_tiny_cpu.json"
+
+
+def _phase_step(phase: ir.Node) -> dict[str, float]:
+    """One loss evaluation of ``phase`` on the tiny network, halfway up the eps ramp."""
+    torch.manual_seed(0)
+    network = build(split=1, seed=0, init="shi").train()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand((8, 1, 6, 6), generator=generator)
+    y = (x[:, 0, :3].mean((1, 2)) * 5 * 0.999).long().clamp(max=4)
+    _, terms = phase_loss(network, phase, x, y, 0.05, 0.1, l1=1e-5)
+    return terms
+
+
+def test_every_phase_kind_has_a_case_and_a_golden_loss(request):
+    """Generated from ir.PHASE_KINDS: each phase kind has a test case (method_helpers.PHASE_CASES)
+    and its loss terms on a tiny network are pinned in tests/golden/losses/phases_tiny_cpu.json;
+    a new phase kind fails here, by name, until it has both (`pytest --update-goldens` writes
+    the golden; review it)."""
+    from method_helpers import PHASE_CASES
+
+    cases = {phase.kind: phase for phase in PHASE_CASES}
+    missing = sorted(set(ir.PHASE_KINDS) - set(cases))
+    assert not missing, f"phase kind(s) {missing} have no case in tests/method/method_helpers.py PHASE_CASES"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = {kind: _phase_step(cases[kind]) for kind in ir.PHASE_KINDS}
+    finally:
+        torch.set_num_threads(threads)
+    if request.config.getoption("--update-goldens", default=False):
+        PHASE_GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(PHASE_GOLDEN.read_text()) if PHASE_GOLDEN.exists() else {}
+    missing = sorted(set(got) - set(expected))
+    assert not missing, f"phase kind(s) {missing} have no golden loss: run `pytest --update-goldens` and review"
+    for kind, terms in got.items():
+        assert set(terms) == set(expected[kind]), kind
+        for key, value in expected[kind].items():
+            assert terms[key] == pytest.approx(value, rel=1e-3, abs=1e-5), (kind, key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from method_helpers import batch, build
+from method_helpers import PHASE_CASES, SMALL_LATENT, batch, build
 
 from tapsc.language import ir
 from tapsc.layers import LAYERS
@@ -13,15 +13,7 @@ from tapsc.method import CONNECTORS, LOSSES, phase_loss
 from tapsc.method.input_attack import input_box
 from tapsc.method.losses import bound_ce, ibp_margin_upper
 
-SMALL_LATENT = ir.LatentAttack(steps=4)
-SMALL_INPUT = ir.InputAttack(steps=3)
-PHASES = [
-    ir.NaturalPhase(), ir.PGDPhase(attack=SMALL_INPUT), ir.IBPPhase(shi_regularizer=0.5),
-    ir.SABRPhase(attack=SMALL_INPUT, shi_regularizer=0.5), ir.TAPSPhase(attack=SMALL_LATENT),
-    ir.STAPSPhase(attack=SMALL_LATENT, input_attack=SMALL_INPUT),
-    ir.MTLIBPPhase(attack=SMALL_INPUT), ir.CCIBPPhase(attack=SMALL_INPUT), ir.ExpIBPPhase(attack=SMALL_INPUT),
-    ir.CROWNIBPPhase(),
-]
+PHASES = PHASE_CASES
 
 
 def test_registries_are_complete():
