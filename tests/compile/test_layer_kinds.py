@@ -6,8 +6,9 @@ arguments, aliases, shape rule, parameter count, "is an activation") and its tor
 (`tapsc.layers.LAYERS`: forward, interval, magnitude, CROWN rule, ONNX form), plus one case in
 tests/layer_cases.py and one row of the layer table in docs/language.md. The soundness of each
 rule is tested from the same cases (tests/compile/test_layer_soundness.py,
-tests/certify/test_rule_soundness.py); here: that every piece exists and that the torch-free
-facts agree with the torch class.
+tests/certify/test_rule_soundness.py); here: that every piece exists, that the torch-free facts
+agree with the torch class, and the pieces no soundness test sees (``relaxed``, the ONNX form,
+training's CROWN-IBP, which still dispatches on classes in `tapsc.method.crown_ibp`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def test_shape_rule_and_parameter_count_agree_with_the_layer(kind):
         assert node.out_shape(in_shape) == tuple(out_shape), f"`{kind}`: the IR shape rule disagrees"
         assert node.parameter_count(in_shape) == sum(p.numel() for p in layer.parameters()), \
             f"`{kind}`: the IR parameter count disagrees with the layer's parameters"
+
+
+@pytest.mark.parametrize("kind", sorted(kind for kind, cls in LAYERS.items()
+                                         if callable(getattr(cls, "backward", None)) and not cls.relaxed))
+def test_a_rule_that_reads_the_input_box_is_declared_relaxed(kind):
+    """A kind not ``relaxed`` is bounded exactly (its rule is a transpose): the coefficients and
+    bias it returns do not depend on the input box. One that relaxes over the box must say so,
+    or CROWN leaves that box loose (sound, but silently weaker)."""
+    node, in_shape = LAYER_CASES[kind]
+    layer, _ = LAYERS[kind].build(node, in_shape)
+    layer = randomize(layer, 0).double().eval()
+    generator = torch.Generator().manual_seed(3)
+    A_BSY = torch.randn(2, 3, *layer(torch.zeros(1, *in_shape, dtype=torch.float64)).shape[1:],
+                        generator=generator, dtype=torch.float64)
+    results = []
+    for radius in (0.01, 3.0):
+        centre = torch.randn(2, *in_shape, generator=generator, dtype=torch.float64)
+        A_in, bias, _ = layer.backward(A_BSY, centre - radius, centre + radius)
+        results.append((A_in, bias))
+    (A_1, bias_1), (A_2, bias_2) = results
+    assert torch.allclose(A_1, A_2) and torch.allclose(bias_1, bias_2), \
+        f"`{kind}`: its backward rule depends on the input box; set `relaxed = True` on {LAYERS[kind].__name__}"
 
 
 def _framed(kind: str) -> tuple[ir.LayerNode, tuple[ir.LayerNode, ...]]:
