@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import optimizer_step, synchronize, timed
 from epoch import SPECS, write_random_cifar10
 
-from tapsc.certify.precision import tf32_matmuls
 from tapsc.language.spec import load_spec
 from tapsc.method import phase_loss
+from tapsc.precision import tf32_matmuls
 from tapsc.train.run import RunOptions, Trainer, apply_options, phase_at, use_tf32
 
 

@@ -46,11 +46,11 @@ from measure import cpu_timed, random_batch, settings, write_json
 from measure import log as _log
 from trained_workload import split_for, trained_workload
 
-from tapsc.certify.precision import tf32_matmuls
 from tapsc.compile import compile_network
 from tapsc.language import ir
 from tapsc.language.shapes import count_relus
 from tapsc.method import phase_loss
+from tapsc.precision import tf32_matmuls
 
 BASELINE = "ibp"
 STEPS = (20, 8)  # the paper's attack (20 steps, 1 restart) and a cheaper one

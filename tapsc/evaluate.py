@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tapsc import measures
-from tapsc.certify.precision import full_float32
 from tapsc.errors import Diagnostic, TapscError
 from tapsc.language import ir
 from tapsc.margins import robust
+from tapsc.precision import full_float32
 from tapsc.train.events import Emit, EvalEnded, EvalProgress, EvalStarted, ignore
 
 

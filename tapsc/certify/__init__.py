@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from tapsc.certify.linear import METHODS, LinearBounds
-from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import perturbation_box
+from tapsc.precision import full_float32
 
 __all__ = ["METHODS", "LinearBounds", "certified", "full_float32", "margin_lower_bounds"]
 

@@ -24,9 +24,9 @@ from torch import nn
 
 from tapsc.certify.attack import pgd_counterexamples
 from tapsc.certify.linear import DEFAULT_METHODS, METHODS, LinearBounds
-from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import perturbation_box
 from tapsc.language import ir
+from tapsc.precision import full_float32
 
 VERDICTS = ("misclassified", "falsified", "certified", "unknown")
 # the source of an in-house verdict (a certified one's is its bound method)

@@ -38,8 +38,8 @@ from torch import nn
 from tapsc import measures
 from tapsc.certify import rounding, rules
 from tapsc.certify.graph import Graph, build_graph
-from tapsc.certify.precision import full_float32
 from tapsc.certify.rounding import CERTIFY_DTYPE
+from tapsc.precision import full_float32
 
 METHODS = measures.names(measures.CERTIFY)  # every bound method, loosest first (tapsc/measures.py)
 DEFAULT_METHODS = ("ibp", "crown_ibp", "crown")  # the cascade's default

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from tapsc import measures
-from tapsc.certify.precision import full_float32
 from tapsc.language import ir
 from tapsc.language.shapes import count_relus, split_index
+from tapsc.precision import full_float32
 
 ESTIMATES = measures.by_kind(measures.names(measures.ANALYSIS))  # loosest sound ... attack
 SOUND = measures.names(measures.ANALYSIS, "sound")

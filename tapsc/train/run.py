@@ -215,7 +215,7 @@ class Trainer:
 
     def fit(self) -> None:
         """Train from ``start_epoch`` to the last epoch, checkpointing every epoch."""
-        from tapsc.certify.precision import tf32_matmuls
+        from tapsc.precision import tf32_matmuls
 
         epochs = self.spec.optimizer.epochs
         self.emit(RunStarted(self.run_dir, str(self.device), epochs, self.start_epoch, len(self.train_set),

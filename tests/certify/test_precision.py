@@ -9,8 +9,8 @@ import torch
 from tapsc import evaluate as evaluate_module
 from tapsc.certify import certified, full_float32
 from tapsc.certify.cascade import certify_dataset
-from tapsc.certify.precision import tf32_matmuls
 from tapsc.language.spec import load_spec_text
+from tapsc.precision import tf32_matmuls
 
 
 def tf32_state():
