@@ -100,8 +100,8 @@ def verify_command(runs: Path, method: str, seed: int) -> list[str]:
     return [*TAPSC, "verify", str(run_dir(runs, method, seed)), "--timeout", f"{VERIFY_TIMEOUT:g}"]
 
 
-def one(runs: Path, method: str, seed: int, samples: int, verify: bool = True) -> dict:
-    """Train, certify and verify one (method, seed); the wall seconds of each stage run now."""
+def one(runs: Path, method: str, seed: int, samples: int, verify: bool = True) -> None:
+    """Train, certify and verify one (method, seed); the log line says each stage's wall time."""
     out, log, times = run_dir(runs, method, seed), runs / "logs" / f"{method}-seed{seed}.log", {}
     if not (out / "results.json").is_file():
         times["train"] = run(train_command(runs, method, seed), log)
@@ -113,8 +113,8 @@ def one(runs: Path, method: str, seed: int, samples: int, verify: bool = True) -
             document = json.loads(certify_file.read_text())
         if verify and "complete" not in document:
             times["verify"] = run(verify_command(runs, method, seed), log)
-    say(f"done: {method} seed {seed}")
-    return times
+    spent = ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in times.items())
+    say(f"done: {method} seed {seed}" + (f" ({spent})" if spent else ""))
 
 
 def analyze(runs: Path, seed: int) -> None:
