@@ -50,7 +50,7 @@ from tapsc.compile import compile_network
 from tapsc.language import ir
 from tapsc.language.shapes import count_relus
 from tapsc.method import phase_loss
-from tapsc.precision import tf32_matmuls
+from tapsc.precision import attack_precision, fast_attack_dtype, tf32_matmuls
 
 BASELINE = "ibp"
 STEPS = (20, 8)  # the paper's attack (20 steps, 1 restart) and a cheaper one
@@ -132,6 +132,7 @@ class Timing:
     memory: bool = True
     tf32: bool = False
     clock: str = "wall"  # or "cpu": this process's CPU seconds (CPU device only), blind to other jobs' load
+    attack_bf16: bool = False  # the attacks iterate in bf16 (tapsc.precision.attack_precision), as `tapsc run` trains
 
     def seconds(self, step, device) -> float:
         return cpu_timed(step)[0] if self.clock == "cpu" else timed(step, device)
@@ -171,9 +172,11 @@ def mac_model_ratio(share: float, steps: int, estimators: int = 9) -> float:
     return 1 + share * estimators * (2 * steps + 1) / 9
 
 
-def make_step(network, optimizer, case: Case, x, y, amp: bool, compiled: bool, clip: float):
+def make_step(network, optimizer, case: Case, x, y, amp: bool, compiled: bool, clip: float,
+              attack_bf16: bool = False):
     def loss_of():
-        return phase_loss(network, case.phase, x, y, case.eps, case.eps_target)[0]
+        with attack_precision(torch.bfloat16 if attack_bf16 else None):
+            return phase_loss(network, case.phase, x, y, case.eps, case.eps_target)[0]
 
     loss_fn = loss_of
     if compiled:
@@ -254,7 +257,8 @@ def time_cases(network, cases: list[Case], x, y, optimizer_settings, label: dict
     the IBP case of the same call. ``reset`` (untimed) runs before every step when given."""
     optimizer = torch.optim.Adam(network.parameters(), lr=optimizer_settings.lr)
     clip = optimizer_settings.clip or 10.0
-    steps = {c.method.name: make_step(network, optimizer, c, x, y, timing.amp, timing.compiled, clip) for c in cases}
+    steps = {c.method.name: make_step(network, optimizer, c, x, y, timing.amp, timing.compiled, clip,
+                                      timing.attack_bf16) for c in cases}
     prepare = reset or (lambda: None)
     errors: dict[str, str] = {}
     for name, step in list(steps.items()):
@@ -267,7 +271,7 @@ def time_cases(network, cases: list[Case], x, y, optimizer_settings, label: dict
             del steps[name]
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
-    variant = variant_name(timing.amp, timing.compiled, timing.tf32)
+    variant = variant_name(timing.amp, timing.compiled, timing.tf32, timing.attack_bf16)
     for rep in range(timing.reps):
         shift = rep % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
@@ -303,17 +307,22 @@ def _row(network, case: Case, label: dict, variant: str, times, peaks, errors, b
     return row
 
 
-def variant_name(amp: bool, compiled: bool, tf32: bool = False) -> str:
-    return ("bf16" if amp else "tf32" if tf32 else "fp32") + ("+compile" if compiled else "")
+def variant_name(amp: bool, compiled: bool, tf32: bool = False, attack_bf16: bool = False) -> str:
+    return (("bf16" if amp else "tf32" if tf32 else "fp32") + ("+compile" if compiled else "")
+            + ("+bf16 attack" if attack_bf16 else ""))
 
 
-def variants(device, amp: str, compile_: str) -> list[tuple[bool, bool]]:
-    """(autocast, torch.compile) pairs: only fp32 eager on CPU unless asked."""
+def variants(device, amp: str, compile_: str, attack_bf16: str = "off") -> list[tuple[bool, bool, bool]]:
+    """(autocast, torch.compile, bf16 attack iterations) triples: on CPU only eager, without autocast,
+    unless asked; the attack in bf16 where `tapsc run` would train so ("auto": the device has native bf16)."""
     cuda = device.type == "cuda"
     amps = {"on": [True], "off": [False], "both": [False, True], "auto": [False, True] if cuda else [False]}[amp]
     compiles = {"on": [True], "off": [False], "both": [False, True],
                 "auto": [False, True] if cuda else [False]}[compile_]
-    return [(a, c) for a in amps for c in compiles]
+    native = fast_attack_dtype(device) is not None
+    attacks = {"on": [True], "off": [False], "both": [False, True], "auto": [native]}[attack_bf16]
+    # under autocast the attack is bf16 already
+    return [(a, c, b and not a) for a in amps for c in compiles for b in (attacks if not a else [False])]
 
 
 def render(rows: list[dict], certify: dict | None, trained: dict | None = None) -> None:
@@ -357,8 +366,8 @@ def render(rows: list[dict], certify: dict | None, trained: dict | None = None) 
         render_certify(certify, console)
 
 
-def timing_of(args, amp: bool, compiled: bool, tf32: bool) -> Timing:
-    return Timing(args.reps, args.warmup, amp, compiled, not args.no_memory, tf32, args.clock)
+def timing_of(args, amp: bool, compiled: bool, tf32: bool, attack_bf16: bool = False) -> Timing:
+    return Timing(args.reps, args.warmup, amp, compiled, not args.no_memory, tf32, args.clock, attack_bf16)
 
 
 def machine(device) -> dict:
@@ -396,6 +405,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--estimation-batch", type=int, help="cap the latent attack's rows (TAPS, STAPS)")
     parser.add_argument("--amp", choices=("auto", "on", "off", "both"), default="auto")
     parser.add_argument("--compile", choices=("auto", "on", "off", "both"), default="auto")
+    parser.add_argument("--attack-bf16", choices=("auto", "on", "off", "both"), default="auto",
+                        help="the attacks' iterations in bf16 (auto: where `tapsc run` trains so, a device with "
+                             "native bf16; both: time the float32 attack too)")
     parser.add_argument("--tf32", action="store_true",
                         help="float32 variants with TF32 matrix products on CUDA (as `tapsc run` trains); "
                              "default: PyTorch's default, full float32 matrix products")
@@ -435,11 +447,11 @@ def _run(args, device) -> dict:
     for name in [s.strip() for s in args.shapes.split(",") if s.strip()] if "random" in workloads else ():
         shape = SHAPES[name]
         methods = select(all_methods(steps, estimation_batch=args.estimation_batch), args.methods)
-        for amp, compiled in variants(device, args.amp, args.compile):
+        for amp, compiled, attack_bf16 in variants(device, args.amp, args.compile, args.attack_bf16):
             tf32 = args.tf32 and not amp and device.type == "cuda"
             with tf32_matmuls(tf32):
                 rows += bench_variant(shape, args.batch or shape.batch, args.width, methods, device,
-                                      timing_of(args, amp, compiled, tf32), log=_log)
+                                      timing_of(args, amp, compiled, tf32, attack_bf16), log=_log)
     trained = None
     if "trained" in workloads:
         workload = trained_workload(device, args.trained_spec, args.trained_run, args.trained_batch, args.quick,
@@ -447,11 +459,11 @@ def _run(args, device) -> dict:
         trained = workload.source
         relus = count_relus(workload.spec.model.layers)
         methods = select(all_methods(steps, estimation_batch=args.estimation_batch, relus=relus), args.methods)
-        for amp, compiled in variants(device, args.amp, args.compile):
+        for amp, compiled, attack_bf16 in variants(device, args.amp, args.compile, args.attack_bf16):
             tf32 = args.tf32 and not amp and device.type == "cuda"
             with tf32_matmuls(tf32):
                 torch.manual_seed(0)
-                rows += bench_trained(workload, methods, timing_of(args, amp, compiled, tf32), _log)
+                rows += bench_trained(workload, methods, timing_of(args, amp, compiled, tf32, attack_bf16), _log)
     certify = None
     if not args.no_certify:
         from certify_throughput import certify_throughput

@@ -10,6 +10,10 @@ AMP = typer.Option(False, "--amp", help="bf16 autocast for the training passes (
 TF32 = typer.Option(True, "--tf32/--no-tf32",
                     help="TF32 matrix products in the training passes on CUDA (certification stays float32).")
 
+ATTACK_BF16 = typer.Option(True, "--attack-bf16/--no-attack-bf16",
+                           help="The training passes' attacks (TAPS's latent attack) iterate in bf16 on CPUs with "
+                                "native bf16 (AVX512-BF16, AMX); the loss at the points found stays float32.")
+
 CHECKPOINTS = ("best", "last")
 WHICH = typer.Option("best", "--which", help="Checkpoint of a run: best or last.")
 

@@ -45,6 +45,7 @@ def sweep_command(
     device: str = common.DEVICE,
     amp: bool = common.AMP,
     tf32: bool = common.TF32,
+    attack_bf16: bool = common.ATTACK_BF16,
     data_root: Optional[str] = common.DATA_ROOT,
     parallel: int = typer.Option(1, "--parallel", help="Train up to N points at once, each its own process "
                                  "(and GPU, where there are several); 1: one after another."),
@@ -77,7 +78,7 @@ def sweep_command(
         folder = out or default_folder(spec)
         ensure_writable_folder(folder)
         sweep = Sweep.create(spec, set_, folder)
-    options = RunOptions(device=device, amp=amp, tf32=tf32, data_root=data_root)
+    options = RunOptions(device=device, amp=amp, tf32=tf32, attack_bf16=attack_bf16, data_root=data_root)
 
     def on_point(point, what: str, total: int) -> None:
         label = ", ".join(f"{k}={v}" for k, v in point.values.items()) or "the spec as is"

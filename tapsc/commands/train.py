@@ -56,6 +56,7 @@ def run_command(
     device: str = common.DEVICE,
     amp: bool = common.AMP,
     tf32: bool = common.TF32,
+    attack_bf16: bool = common.ATTACK_BF16,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     data_root: Optional[str] = common.DATA_ROOT,
     nproc_per_node: Optional[int] = typer.Option(None, "--nproc-per-node",
@@ -67,7 +68,7 @@ def run_command(
     from tapsc.train.events import ignore
     from tapsc.train.run import RunOptions, resume_run, start_run
 
-    options = RunOptions(device=device, amp=amp, tf32=tf32, seed=seed, data_root=data_root)
+    options = RunOptions(device=device, amp=amp, tf32=tf32, attack_bf16=attack_bf16, seed=seed, data_root=data_root)
     if resume is not None:
         if spec is not None or set_ or epochs is not None:
             raise TapscError(Diagnostic(code="resume-with-spec", message="`--resume` continues a run as it was",

@@ -65,6 +65,7 @@ class RunOptions:
     device: str = "auto"
     amp: bool = False
     tf32: bool = True  # TF32 matrix products in the training passes on CUDA (never in certification)
+    attack_bf16: bool = True  # the training passes' attacks iterate in bf16 where the device has native bf16
     seed: int | None = None
     data_root: str | None = None
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, 4 on CUDA
@@ -72,6 +73,7 @@ class RunOptions:
     def command_flags(self) -> list[str]:
         """These options as ``tapsc run`` flags, for the processes a launcher or a sweep starts."""
         flags = ["--device", self.device] + (["--amp"] if self.amp else []) + ([] if self.tf32 else ["--no-tf32"])
+        flags += [] if self.attack_bf16 else ["--no-attack-bf16"]
         flags += ["--seed", str(self.seed)] if self.seed is not None else []
         return flags + (["--data-root", self.data_root] if self.data_root is not None else [])
 
@@ -79,6 +81,14 @@ class RunOptions:
 def use_tf32(options: RunOptions, device: torch.device) -> bool:
     """Whether the training passes run their CUDA matrix products in TF32 (``--tf32``, the default)."""
     return options.tf32 and device.type == "cuda"
+
+
+def attack_dtype_for(options: RunOptions, device: torch.device) -> torch.dtype | None:
+    """The dtype the training passes' attacks iterate in (``--attack-bf16``, the default): bf16 where
+    ``device`` multiplies it natively (``tapsc.precision.fast_attack_dtype``), else None (float32)."""
+    from tapsc.precision import fast_attack_dtype
+
+    return fast_attack_dtype(device) if options.attack_bf16 and not options.amp else None
 
 
 class TrainingDiverged(TapscError):
@@ -169,7 +179,8 @@ class Trainer:
         """What the training passes compute in (evaluation is always full float32)."""
         if self.options.amp:
             return "bf16 autocast"
-        return "TF32 matmuls" if use_tf32(self.options, self.device) else "float32"
+        base = "TF32 matmuls" if use_tf32(self.options, self.device) else "float32"
+        return base + (", bf16 attack iterations" if attack_dtype_for(self.options, self.device) else "")
 
     def _check_batch(self) -> None:
         check_batch(self.spec, self.context.world_size)
@@ -215,7 +226,7 @@ class Trainer:
 
     def fit(self) -> None:
         """Train from ``start_epoch`` to the last epoch, checkpointing every epoch."""
-        from tapsc.precision import tf32_matmuls
+        from tapsc.precision import attack_precision, tf32_matmuls
 
         epochs = self.spec.optimizer.epochs
         self.emit(RunStarted(self.run_dir, str(self.device), epochs, self.start_epoch, len(self.train_set),
@@ -225,7 +236,8 @@ class Trainer:
                            "`data.validation` to hold out a validation split instead", warning=True))
         for epoch in range(self.start_epoch, epochs):
             started = time.perf_counter()
-            with tf32_matmuls(use_tf32(self.options, self.device)):
+            with tf32_matmuls(use_tf32(self.options, self.device)), \
+                    attack_precision(attack_dtype_for(self.options, self.device)):
                 row = self.train_epoch(epoch)
             distributed.average_buffers(self.network, self.context)
             improved = False

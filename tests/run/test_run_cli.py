@@ -174,11 +174,52 @@ def test_training_passes_run_tf32_matmuls_and_evaluation_does_not(tmp_path, monk
     for flag, expected, said in (("--tf32", True, "(TF32 matmuls)"), ("--no-tf32", before, "(float32)")):
         seen = {"step": set(), "selection": set()}
         result = invoke("run", write_spec(tmp_path), "--out", tmp_path / flag, "--device", "cpu", flag,
-                        "--set", "eval.metrics=(natural)", "--set", "eval.select=natural")
+                        "--no-attack-bf16", "--set", "eval.metrics=(natural)", "--set", "eval.select=natural")
         assert result.exit_code == 0, result.output
         assert seen["step"] == {expected} and seen["selection"] == {before}, (flag, seen)
         assert said in result.output
         assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_training_attacks_iterate_in_bf16_and_evaluation_attacks_do_not(tmp_path, monkeypatch):
+    from tapsc import precision
+    from tapsc.method import latent_attack
+    from tapsc.train import run
+
+    assert run.attack_dtype_for(run.RunOptions(), torch.device("cuda")) is None  # not measured on a GPU
+    assert run.attack_dtype_for(run.RunOptions(attack_bf16=False), torch.device("cpu")) is None
+    monkeypatch.setattr(precision, "fast_attack_dtype", lambda device: torch.bfloat16)  # a CPU with native bf16
+    assert run.attack_dtype_for(run.RunOptions(amp=True), torch.device("cpu")) is None  # autocast covers it
+    seen, where = [], ["setup"]
+    real_step, real_select, real_dtype = run.Trainer.step, run.Trainer.select_metrics, latent_attack.attack_dtype
+
+    def recording_step(self, *args):
+        where[0] = "step"
+        return real_step(self, *args)
+
+    def recording_select(self):
+        where[0] = "selection"
+        return real_select(self)
+
+    def recording_dtype():
+        seen.append((where[0], real_dtype(), torch.is_autocast_enabled("cpu")))
+        return real_dtype()
+
+    monkeypatch.setattr(run.Trainer, "step", recording_step)
+    monkeypatch.setattr(run.Trainer, "select_metrics", recording_select)
+    monkeypatch.setattr(latent_attack, "attack_dtype", recording_dtype)
+    for flag, expected, said in (("--attack-bf16", torch.bfloat16, "bf16 attack iterations"),
+                                 ("--no-attack-bf16", None, "(float32)")):
+        seen.clear()
+        result = invoke("run", write_spec(tmp_path), "--out", tmp_path / flag, "--device", "cpu", flag,
+                        "--set", "eval.metrics=(taps)", "--set", "eval.select=taps")
+        assert result.exit_code == 0, result.output
+        assert said in result.output
+        steps = {dtype for place, dtype, _ in seen if place == "step"}
+        selections = {dtype for place, dtype, _ in seen if place == "selection"}
+        assert steps == {expected} and selections == {None}, (flag, seen)
+        assert not any(on for _, _, on in seen)  # autocast is the attack's own, inside; never around it
+    assert precision.attack_dtype() is None
 
 
 def test_run_options_survive_the_worker_command_line(tmp_path, monkeypatch):
@@ -189,7 +230,8 @@ def test_run_options_survive_the_worker_command_line(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "start_run", lambda spec, text, target, options, emit: captured.append(options))
     spec_path = write_spec(tmp_path)
     for options in (run.RunOptions(device="cpu"),
-                    run.RunOptions(device="cpu", amp=True, tf32=False, seed=5, data_root=str(tmp_path))):
+                    run.RunOptions(device="cpu", amp=True, tf32=False, attack_bf16=False, seed=5,
+                                   data_root=str(tmp_path))):
         result = invoke("run", spec_path, "--out", tmp_path / "run", *options.command_flags())
         assert result.exit_code == 0, result.output
         assert captured[-1] == options
