@@ -50,7 +50,7 @@ def compare_points(network, x, y, eps: float, split: int, steps: int, seeds: int
     with torch.no_grad():
         z_lo, z_hi = network.extractor_box(*input_box(x, eps))
     attack = ir.LatentAttack(steps=steps)
-    gains, weaker, losses, same = [], [], {"float32": [], "bf16": []}, []
+    gains, weaker, losses, same, scales = [], [], {"float32": [], "bf16": []}, [], []
     for seed in range(seeds):
         points = {}
         for name, dtype in (("float32", None), ("bf16", torch.bfloat16)):
@@ -65,10 +65,12 @@ def compare_points(network, x, y, eps: float, split: int, steps: int, seeds: int
         gain = (margin["bf16"] - margin["float32"])[wrong]
         scale = float(margin["float32"][wrong].abs().mean())
         gains.append(gain)
+        scales.append(scale)
         weaker.append(float((gain < -WEAKER * scale).float().mean()))
         same.append(float((points["bf16"] == points["float32"]).float().mean()))
     gain = torch.cat(gains)
-    return {"margin_gain_mean": float(gain.mean()), "margin_gain_p01": float(gain.quantile(0.01)),
+    return {"margin_scale": sum(scales) / len(scales), "margin_gain_mean": float(gain.mean()),
+            "margin_gain_p01": float(gain.quantile(0.01)),
             "margin_gain_min": float(gain.min()), "weaker_share": weaker, "same_coordinates_share": same,
             "loss_float32": losses["float32"], "loss_bf16": losses["bf16"]}
 
@@ -117,7 +119,9 @@ def main(argv=None) -> dict:
     finally:
         torch.set_num_threads(threads)  # main() may run inside another process (the tests)
     points, timing = result["points"], result["timing"]
-    print(f"{result['workload']}: bf16 points' margin - float32 points' margin: mean {points['margin_gain_mean']:+.3g},"
+    print(f"{result['workload']}: bf16 points' margin - float32 points' margin (margins' scale, the mean |margin|: "
+          f"{points['margin_scale']:.4g}): mean {points['margin_gain_mean']:+.3g} "
+          f"({points['margin_gain_mean'] / points['margin_scale']:+.2e} x scale),"
           f" 1st percentile {points['margin_gain_p01']:+.3g}, min {points['margin_gain_min']:+.3g}; weaker by more "
           f"than {WEAKER:g} x scale: {', '.join(f'{w:.1%}' for w in points['weaker_share'])}; TAPS loss float32 "
           f"{median(points['loss_float32']):.4f} / bf16 {median(points['loss_bf16']):.4f}")

@@ -73,6 +73,8 @@ class HeldRows:
         self.fingerprint = None  # (n,) per held row, at the last check
         self.first_check = max(1, first_check)  # the first step checked (step 0's start may lie past a bound)
         self._step_width: tuple[float, torch.Tensor] | None = None  # (lr, width * lr)
+        self._low: torch.Tensor | None = None  # the iterate's low-precision copy (low_copy)
+        self._chunk: torch.Tensor | None = None  # one memory chunk of float32 signs (update)
 
     @property
     def count(self) -> int:
@@ -121,20 +123,40 @@ class HeldRows:
         still = ~_moves(z3[g, m], d3[g, m], lo3[g, 0], hi3[g, 0])
         self.stopped[rows[still]] = True
 
+    def low_copy(self, dtype: torch.dtype) -> torch.Tensor:
+        """The iterate cast to ``dtype``, in a buffer kept across steps: on the CPU a fresh tensor of
+        that size per step costs page faults. A leaf; the caller sets requires_grad."""
+        if self._low is None or self._low.shape != self.z.shape or self._low.dtype != dtype:
+            self._low = torch.empty_like(self.z, dtype=dtype)
+        with torch.no_grad():
+            self._low.requires_grad_(False).copy_(self.z)
+        return self._low
+
+    def signs_in_update(self, grad: torch.Tensor) -> bool:
+        """Whether ``update`` takes this raw gradient and signs it itself: a low-precision gradient
+        of a float32 iterate on the CPU, where sign() of a bf16 tensor costs twice as much as
+        widening it into float32 and signing that, and a mixed-dtype update copies its operand."""
+        return grad.dtype != self.z.dtype and self.z.device.type == "cpu"
+
     def update(self, direction: torch.Tensor, lr: float) -> None:
-        """z <- clip(z + direction * lr * width, lo, hi), in place."""
+        """z <- clip(z + sign(direction) * lr * width, lo, hi), in place. ``direction`` holds signs
+        (0, +-1), or the raw gradient when ``signs_in_update`` says so."""
         if self._step_width is None or self._step_width[0] != lr:  # one at a time: (n, *Z) once compacted
             # same rounding as (sign * lr) * width: sign is 0 or +-1
             self._step_width = lr, (self.width * lr if self.width is not None else (self.hi - self.lo).mul_(lr))
         step_width, z = self._step_width[1], self.z
-        if direction.dtype == z.dtype or z.device.type != "cpu":
-            # CUDA kernels widen mixed dtypes element by element; CPU ones copy the operand first
+        if not self.signs_in_update(direction):
+            # CUDA kernels widen a mixed-dtype operand element by element: no copy there
             z.addcmul_(direction, step_width).clamp_(self.lo, self.hi)
             return
-        per_part = max(1, -(-z.shape[0] // MIXED_UPDATE_CHUNKS))  # so on the CPU a bf16 step goes in chunks
+        per_part = max(1, -(-z.shape[0] // MIXED_UPDATE_CHUNKS))  # float32 signs, one memory chunk at a time
+        if self._chunk is None or self._chunk.shape[1:] != z.shape[1:] or self._chunk.shape[0] < per_part:
+            self._chunk = torch.empty((per_part,) + tuple(z.shape[1:]), dtype=z.dtype, device=z.device)
         for start in range(0, z.shape[0], per_part):
             part = slice(start, start + per_part)
-            z[part].addcmul_(direction[part], step_width[part]).clamp_(self.lo[part], self.hi[part])
+            signs = self._chunk[: z[part].shape[0]]
+            signs.copy_(direction[part]).sign_()  # exact: the same 0 / +-1 as sign() then widening
+            z[part].addcmul_(signs, step_width[part]).clamp_(self.lo[part], self.hi[part])
 
     def moving(self, steps_left: int) -> int:
         """How many held rows still move (0: the attack is over). Compacts the held rows when few

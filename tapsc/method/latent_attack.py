@@ -121,7 +121,7 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
     for step in range(attack.steps + 1):
         last = step == attack.steps
         z = held.z
-        z_in = z if input_dtype == z.dtype else z.detach().to(input_dtype)  # see attack_input_dtype
+        z_in = z if input_dtype == z.dtype else held.low_copy(input_dtype)  # see attack_input_dtype
         z_in.requires_grad_(not last)
         with torch.set_grad_enabled(not last):  # the last pass only scores the final points
             logits_NK = classifier(held.flat(z_in))
@@ -136,8 +136,11 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
         del z_in, graph_N
         held.z = z.detach()
         lr = lr0 * (LR_DECAY if step >= decay_step else 1.0)
-        direction = grad.sign_() if grad.is_contiguous() else grad.sign()
-        held.find_stopped(direction, step)
+        if held.signs_in_update(grad):  # a bf16 gradient on the CPU: signed per memory chunk, in float32
+            direction = grad
+        else:
+            direction = grad.sign_() if grad.is_contiguous() else grad.sign()
+        held.find_stopped(direction, step)  # reads the direction's signs only
         held.update(direction, lr)  # in place; the step's graph is freed
         del grad, direction, z  # free before the next step's gradient is allocated
         if held.moving(attack.steps - step) == 0:  # every row is a fixed point: the remaining steps change nothing
