@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/peers.py [--ctrain-python PY] [--authors-dir DIR --authors-python PY]
                                          [--repeats 5] [--json out.json]
+                                         [--workload trained [--trained-spec SPEC | --trained-run DIR]]
 
 Each implementation runs in its own process (its own environment's python) through a small
 driver in ``benchmarks/peer_drivers/`` that builds the implementation's own CNN7 as its
@@ -16,6 +17,18 @@ is the driver's process CPU seconds per step (``time.process_time``), reported a
 of the repetitions; peak memory is the torch allocations of one step above what was live
 before it (profiler, as benchmarks/train_step.py measures it). Ratios: each step over the
 same implementation's IBP step, and CTRAIN's and the authors' step over tapsc's.
+
+``--workload trained`` times the same steps on a trained network and real images instead
+(tapsc's latent attack retires the rows that reach a fixed point, which on a trained network
+is most of them; the peers' attacks run every row for every step): the network a spec trains
+(default specs/bench/cnn7_fashion_trained.taps: CNN7, Fashion-MNIST, eps 0.1; trained once by
+``tapsc run`` and cached, as ``benchmarks/train_step.py --workloads trained`` does) or a run
+you trained (``--trained-run DIR``), and the first ``--batch`` images of its training split.
+peers.py writes them to one workload file (``peer_drivers/protocol.py`` says what it holds);
+every driver builds its own CNN7 for the input shape, copies the trained tensors in, checks
+its logits against tapsc's (refusing above 1e-3; the differences are in the JSON) and starts
+every step from the trained tensors. eps is the spec's training target; the spec's
+normalisation (none for the MNIST shapes) replaces CIFAR-10's.
 
 A peer whose python or folder is not given (flags, or $TAPSC_CTRAIN_PYTHON,
 $TAPSC_AUTHORS_DIR, $TAPSC_AUTHORS_PYTHON) or does not start is skipped with a message
@@ -41,9 +54,10 @@ sys.path.insert(0, str(DRIVERS))
 
 from measure import log as _log
 from measure import median, settings, write_json
-from protocol import method_names
+from protocol import WORKLOAD_FORMAT, method_names, ordered_tensors
 
 TAPSC = "tapsc"
+TRAINED_SPEC = HERE.parent / "specs" / "bench" / "cnn7_fashion_trained.taps"
 
 
 @dataclass
@@ -73,6 +87,8 @@ def peers_from(args) -> list[Peer]:
     """tapsc, CTRAIN and the authors' code, each with its driver command or the reason it is skipped."""
     common = ["--batch", str(args.batch), "--eps", str(args.eps), "--steps", args.steps, "--methods", args.methods,
               "--width", str(args.width), "--threads", str(args.threads)]
+    if getattr(args, "workload_file", None):
+        common += ["--workload-file", str(args.workload_file)]
     peers = [Peer(TAPSC, [sys.executable, str(DRIVERS / "tapsc_driver.py"), *common])]
     ctrain = args.ctrain_python or os.environ.get("TAPSC_CTRAIN_PYTHON")
     if not ctrain:
@@ -99,6 +115,42 @@ def peers_from(args) -> list[Peer]:
         peers.append(Peer(name, [authors_python, str(DRIVERS / "authors_driver.py"), *common,
                                  "--authors-dir", str(Path(authors_dir).resolve())]))
     return peers
+
+
+def write_workload_file(workload, path: Path) -> dict:
+    """The trained workload (``trained_workload.TrainedWorkload``) as the drivers read it
+    (``peer_drivers/protocol.py``); returns what the JSON records about it."""
+    import torch
+
+    from tapsc.language.printer import print_spec
+
+    spec, network = workload.spec, workload.network
+    normalize = spec.data.normalize
+    layers = torch.nn.ModuleList(network.layers[1 if normalize is not None else 0:])  # the mean and std go apart
+    named = ordered_tensors(layers)
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        logits = network(workload.x)
+    network.train(was_training)
+    tensors = [t.detach().cpu().clone() for _, t in named]
+    last = next((t for t in reversed(tensors) if t.dim() == 2), None)  # the output layer's weight
+    if last is None or tensors[0].dim() != 4:
+        raise SystemExit(f"the trained workload's network ({workload.source.get('run_dir')}) does not start with a "
+                         "conv and end with a linear layer: the peers train CNN7 only")
+    content = {
+        "format": WORKLOAD_FORMAT, "x": workload.x.detach().cpu().clone(), "y": workload.y.detach().cpu().clone(),
+        "eps": float(workload.eps_target), "input_shape": [int(d) for d in spec.model.input_shape],
+        "normalize": None if normalize is None else ([float(v) for v in normalize.mean],
+                                                     [float(v) for v in normalize.std]),
+        # CNN7's hyperparameters as its tensors say (a driver's shape check refuses any other network)
+        "width": int(tensors[0].shape[0]), "linear_size": int(last.shape[1]), "classes": int(last.shape[0]),
+        "names": [n for n, _ in named], "tensors": tensors, "reference_logits": logits.detach().cpu().float(),
+        "spec_text": print_spec(spec), "source": {k: v for k, v in workload.source.items() if v is not None},
+    }
+    torch.save(content, path)
+    return {"file_tensors": len(tensors), "input_shape": content["input_shape"], "normalize": content["normalize"],
+            "width": content["width"], "linear_size": content["linear_size"], "classes": content["classes"]}
 
 
 def start(peer: Peer, threads: int, logs: Path, log=print) -> None:
@@ -192,7 +244,7 @@ def summarise(results: dict, methods: list[str]) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict], peers: list[Peer], settings: dict) -> None:
+def render(rows: list[dict], peers: list[Peer], settings: dict, workload: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -202,7 +254,7 @@ def render(rows: list[dict], peers: list[Peer], settings: dict) -> None:
     for peer in peers:
         if peer.skipped:
             console.print(f"[yellow]skipped {peer.name}[/yellow]: {_escape(peer.skipped)}")
-    table = Table(title=f"training step, CNN7 CIFAR-10 shape, batch {settings['batch']}, eps {settings['eps']:.5g}, "
+    table = Table(title=f"training step, {title(workload, settings)}, "
                         f"{settings['threads']} thread(s): process CPU s, medians of {settings['repeats']}")
     for column in ("method", "implementation", "median CPU s", "x own IBP", "x tapsc", "peak MiB"):
         table.add_column(column, justify="left" if column in ("method", "implementation") else "right")
@@ -216,10 +268,30 @@ def render(rows: list[dict], peers: list[Peer], settings: dict) -> None:
     console.print(table)
 
 
+def title(workload: dict | None, settings: dict) -> str:
+    """The workload part of the table's title."""
+    if workload is None or workload["kind"] == "random":
+        return f"random workload: CNN7 CIFAR-10 shape, batch {settings['batch']}, eps {settings['eps']:.5g}"
+    trained = f"{Path(workload['spec']).name} (run {workload['run_dir']})" if workload.get("spec") else \
+        f"run {workload['run_dir']}"
+    return (f"trained workload: {trained}, {workload['dataset']} {workload['images']}, "
+            f"eps {workload['eps_target']:.5g}")
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def trained_peer_workload(args, path: Path) -> dict:
+    """Train (or find) the trained workload, write its file to ``path``; what the JSON says about it."""
+    import torch
+    from trained_workload import trained_workload
+
+    spec = None if args.trained_run else (args.trained_spec or TRAINED_SPEC)
+    workload = trained_workload(torch.device("cpu"), spec, args.trained_run, args.batch, args.quick, log=_log)
+    return {"kind": "trained", **workload.source, **write_workload_file(workload, path)}
 
 
 def main(argv=None) -> dict:
@@ -236,16 +308,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--width", type=int, default=64, help="CNN7 width (64 is the paper's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every implementation's process")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
-    parser.add_argument("--quick", action="store_true", help="smoke test: width 4, batch 4, 2-step attacks, 1 repeat")
+    parser.add_argument("--workload", choices=("random", "trained"), default="random",
+                        help="random: Shi-initialised CNN7, CIFAR-10 shape, random images; trained: a trained "
+                        "CNN7 and real images (the module docstring)")
+    parser.add_argument("--trained-spec", type=Path, help="spec of the trained workload, trained once and cached "
+                        "under $TAPSC_CACHE_DIR/benchmarks/trained (default specs/bench/cnn7_fashion_trained.taps)")
+    parser.add_argument("--trained-run", type=Path, help="a finished `tapsc run` folder of a CNN7 to use as the "
+                        "trained workload instead")
+    parser.add_argument("--quick", action="store_true", help="smoke test: width 4, batch 4, 2-step attacks, 1 repeat "
+                        "(trained workload: the spec's quick run, unless --trained-run)")
     parser.add_argument("--json", type=Path, help="write the raw times and the table here")
     args = parser.parse_args(argv)
     if args.quick:
         args.width, args.batch, args.steps, args.repeats, args.warmup = 4, 4, "2", 1, 0
     if "ibp" not in args.methods.split(","):
         args.methods = "ibp," + args.methods  # every ratio needs the IBP step
+    if args.workload == "random" and (args.trained_spec or args.trained_run):
+        parser.error("--trained-spec and --trained-run need --workload trained")
+    if args.trained_spec and args.trained_run:
+        parser.error("give --trained-spec or --trained-run, not both")
     methods = method_names(args.methods, args.steps)
-    peers = peers_from(args)
     with tempfile.TemporaryDirectory(prefix="tapsc-peers-") as logs:
+        workload = {"kind": "random"}
+        if args.workload == "trained":
+            workload = trained_peer_workload(args, Path(logs) / "workload.pt")
+            args.eps, args.workload_file = workload["eps_target"], Path(logs) / "workload.pt"
+        peers = peers_from(args)
         try:
             for peer in peers:
                 if peer.command is not None and not peer.skipped:
@@ -255,11 +343,16 @@ def main(argv=None) -> dict:
             for peer in peers:
                 stop(peer)
     rows = summarise(results, methods)
+    run_settings = settings(args)
+    run_settings.pop("workload_file", None)  # a temporary file, gone now
     result = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpu_count": os.cpu_count()},
-              "settings": settings(args), "implementations": {p.name: p.info for p in peers if not p.skipped},
+              "settings": run_settings, "workload": workload,
+              "implementations": {p.name: p.info for p in peers if not p.skipped},
               "skipped": {p.name: p.skipped for p in peers if p.skipped}, "raw": results, "rows": rows}
-    render(rows, peers, result["settings"])
+    if args.workload == "trained":
+        workload["logit_max_abs_diff"] = {p.name: p.info.get("logit_max_abs_diff") for p in peers if not p.skipped}
+    render(rows, peers, result["settings"], workload)
     if args.json:
         write_json(args.json, result)
     return result

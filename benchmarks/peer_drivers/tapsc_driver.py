@@ -1,10 +1,16 @@
 """tapsc's side of the peer comparison: CNN7 from the library block, as benchmarks/train_step.py
-times it (the spec -> IR -> compile path, Shi init, the runner's step), behind the protocol."""
+times it (the spec -> IR -> compile path, Shi init, the runner's step), behind the protocol.
+
+With ``--workload-file`` (the trained workload): the network the file's spec text compiles to,
+the file's trained tensors copied in and its logits checked like every peer's, the TAPS split
+at one ReLU in the classifier (``split_for``), the file's images, labels and eps, and the
+phases as ``train_step.py --workloads trained`` builds them."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS.parent))
@@ -12,8 +18,18 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from bench_common import SHAPES, optimizer_step
 from measure import random_batch
-from protocol import arguments, claim_stdout, method_names, serve
-from train_step import Method, build_cases
+from protocol import (
+    arguments,
+    claim_stdout,
+    load_tensors,
+    logit_difference,
+    method_names,
+    read_workload,
+    serve,
+    snapshot,
+    workload_info,
+)
+from train_step import Method, build_cases, trained_cases
 
 
 def methods_for(names: list[str]) -> list[Method]:
@@ -28,6 +44,24 @@ def methods_for(names: list[str]) -> list[Method]:
     return methods
 
 
+def trained_network(workload: dict):
+    """The file's spec compiled, its tensors copied in (past a Normalize layer: the file holds the
+    mean and std apart) and its eval-mode logits checked: (spec, network in training mode, max diff)."""
+    import torch
+
+    from tapsc.compile import compile_network
+    from tapsc.language.spec import load_spec_text
+
+    spec = load_spec_text(workload["spec_text"], "<workload file>")
+    network = compile_network(spec)
+    offset = 1 if spec.data.normalize is not None else 0
+    load_tensors(torch.nn.ModuleList(network.layers[offset:]), workload, "tapsc's network")
+    network.eval()
+    with torch.no_grad():
+        difference = logit_difference(network(workload["x"]), workload, "tapsc's network")
+    return spec, network.train(), difference
+
+
 def main() -> None:
     replies = claim_stdout()
     import torch
@@ -36,18 +70,34 @@ def main() -> None:
     from tapsc.method import phase_loss
 
     args = arguments(__doc__.split("\n")[0])
-    network, spec, cases = build_cases(SHAPES["cifar10"], args.batch, args.width, methods_for(method_names(args.methods, args.steps)),
-                                       torch.device("cpu"))
-    x, y = random_batch(args.batch, SHAPES["cifar10"].input_shape)
+    methods = methods_for(method_names(args.methods, args.steps))
+    info = {"name": "tapsc", "version": getattr(tapsc, "__version__", "?"), "torch": torch.__version__}
+    reset = None
+    if args.workload_file:
+        workload = read_workload(args.workload_file)
+        spec, network, difference = trained_network(workload)
+        cases = trained_cases(SimpleNamespace(spec=spec, eps_target=float(workload["eps"])), methods)
+        missing = {m.name for m in methods} - {c.method.name for c in cases}
+        if missing:
+            raise SystemExit(f"the workload's network has no split for {sorted(missing)}")
+        x, y = workload["x"], workload["y"]
+        reset = snapshot(network)
+        info.update(workload_info(workload, {"network": difference}),
+                    splits={c.method.name: c.split for c in cases})
+    else:
+        network, spec, cases = build_cases(SHAPES["cifar10"], args.batch, args.width, methods, torch.device("cpu"))
+        x, y = random_batch(args.batch, SHAPES["cifar10"].input_shape)
+        for case in cases:
+            case.eps = case.eps_target = args.eps
     optimizer = torch.optim.Adam(network.parameters(), lr=spec.optimizer.lr)
     steps = {}
     for case in cases:
         def step(case=case):
             network.split = case.split
-            optimizer_step(network, optimizer, lambda: phase_loss(network, case.phase, x, y, args.eps,
-                                                                  args.eps)[0], "cpu", False, 10.0)
+            optimizer_step(network, optimizer, lambda: phase_loss(network, case.phase, x, y, case.eps,
+                                                                  case.eps_target)[0], "cpu", False, 10.0)
         steps[case.method.name] = step
-    serve(replies, steps, {"name": "tapsc", "version": getattr(tapsc, "__version__", "?"), "torch": torch.__version__})
+    serve(replies, steps, info, reset)
 
 
 if __name__ == "__main__":
