@@ -89,7 +89,8 @@ def peers_from(args) -> list[Peer]:
               "--width", str(args.width), "--threads", str(args.threads)]
     if getattr(args, "workload_file", None):
         common += ["--workload-file", str(args.workload_file)]
-    peers = [Peer(TAPSC, [sys.executable, str(DRIVERS / "tapsc_driver.py"), *common])]
+    ours = ["--no-attack-bf16"] if getattr(args, "no_attack_bf16", False) else []
+    peers = [Peer(TAPSC, [sys.executable, str(DRIVERS / "tapsc_driver.py"), *common, *ours])]
     ctrain = args.ctrain_python or os.environ.get("TAPSC_CTRAIN_PYTHON")
     if not ctrain:
         peers.append(Peer("CTRAIN", None, "no --ctrain-python (or $TAPSC_CTRAIN_PYTHON): the python of an "
@@ -254,6 +255,8 @@ def render(rows: list[dict], peers: list[Peer], settings: dict, workload: dict |
     for peer in peers:
         if peer.skipped:
             console.print(f"[yellow]skipped {peer.name}[/yellow]: {_escape(peer.skipped)}")
+        elif peer.name == TAPSC and "attack" in peer.info:
+            console.print(f"tapsc's latent attack: {peer.info['attack']}")
     table = Table(title=f"training step, {title(workload, settings)}, "
                         f"{settings['threads']} thread(s): process CPU s, medians of {settings['repeats']}")
     for column in ("method", "implementation", "median CPU s", "x own IBP", "x tapsc", "peak MiB"):
@@ -307,6 +310,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--width", type=int, default=64, help="CNN7 width (64 is the paper's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every implementation's process")
+    parser.add_argument("--no-attack-bf16", action="store_true", help="tapsc's attack in float32 (by default it "
+                        "iterates in bf16 on a CPU with native bf16, as `tapsc run` trains there)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--workload", choices=("random", "trained"), default="random",
                         help="random: Shi-initialised CNN7, CIFAR-10 shape, random images; trained: a trained "

@@ -4,7 +4,11 @@ times it (the spec -> IR -> compile path, Shi init, the runner's step), behind t
 With ``--workload-file`` (the trained workload): the network the file's spec text compiles to,
 the file's trained tensors copied in and its logits checked like every peer's, the TAPS split
 at one ReLU in the classifier (``split_for``), the file's images, labels and eps, and the
-phases as ``train_step.py --workloads trained`` builds them."""
+phases as ``train_step.py --workloads trained`` builds them.
+
+The attack's precision is what ``tapsc run`` trains with on this machine: bf16 iterations on a
+CPU with native bf16 (``tapsc.train.run.attack_dtype_for``), float32 with ``--no-attack-bf16``
+or elsewhere; the driver's info says which."""
 
 from __future__ import annotations
 
@@ -69,9 +73,16 @@ def main() -> None:
     import tapsc
     from tapsc.method import phase_loss
 
-    args = arguments(__doc__.split("\n")[0])
+    from tapsc.precision import attack_precision
+    from tapsc.train.run import RunOptions, attack_dtype_for
+
+    args = arguments(__doc__.split("\n")[0],
+                     lambda p: p.add_argument("--no-attack-bf16", action="store_true",
+                                              help="the attack in float32 (`tapsc run --no-attack-bf16`)"))
+    attack_dtype = attack_dtype_for(RunOptions(attack_bf16=not args.no_attack_bf16), torch.device("cpu"))
     methods = methods_for(method_names(args.methods, args.steps))
-    info = {"name": "tapsc", "version": getattr(tapsc, "__version__", "?"), "torch": torch.__version__}
+    info = {"name": "tapsc", "version": getattr(tapsc, "__version__", "?"), "torch": torch.__version__,
+            "attack": "bf16 iterations" if attack_dtype is not None else "float32"}
     reset = None
     if args.workload_file:
         workload = read_workload(args.workload_file)
@@ -94,8 +105,9 @@ def main() -> None:
     for case in cases:
         def step(case=case):
             network.split = case.split
-            optimizer_step(network, optimizer, lambda: phase_loss(network, case.phase, x, y, case.eps,
-                                                                  case.eps_target)[0], "cpu", False, 10.0)
+            with attack_precision(attack_dtype):  # as `tapsc run` trains on this machine
+                optimizer_step(network, optimizer, lambda: phase_loss(network, case.phase, x, y, case.eps,
+                                                                      case.eps_target)[0], "cpu", False, 10.0)
         steps[case.method.name] = step
     serve(replies, steps, info, reset)
 

@@ -21,7 +21,11 @@ it anyway (``attack_input_dtype``): same points, half the gradient's bytes. The 
 is then two classifier matmuls per step over B*(K-1)*R rows (forward and the
 gradient with respect to the latent): see benchmarks/ and docs/benchmarks.md. Rows that
 reach a fixed point of the step stop being computed, and the points stay the same
-(tapsc/method/attack_rows.py).
+(tapsc/method/attack_rows.py). When the classifier starts with a linear layer, the latent
+gradient is written into one buffer for all steps (``_IntoBuffer``). A training pass may ask
+for the iterations in bf16 (``tapsc.precision.attack_precision``; ``tapsc run`` does on CPUs
+with native bf16): the classifier then runs under autocast but for its logits layer, which
+stays float32 (``_attack_classifier``), and the chosen points are scored in float32 after.
 
 Shape legend: B batch, E estimators (K - 1 or 1), R restarts, K classes, Z... latent dims.
 """
@@ -34,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from tapsc.language import ir
-from tapsc.layers import run_forward
+from tapsc.layers import Linear
 from tapsc.method.attack_rows import HeldRows, retirement
 from tapsc.method.connectors import connect_with
 from tapsc.precision import attack_dtype
@@ -160,22 +164,75 @@ def _low_precision(device_type: str) -> torch.dtype | None:
     return None if low is None or _autocast_dtype(device_type) is not None else low
 
 
-def _mixed_classifier(network, low: torch.dtype):
-    """The classifier as the attack iterates it in ``low``: ``layers[split:-1]`` under autocast to
-    ``low``, then the last layer (the logits) in float32 from those activations.
+class _GradientBuffer:
+    """One (rows, F) tensor kept across the attack's steps for the latent gradient (``_IntoBuffer``)."""
 
-    Float32 logits keep the margins that choose each row's best point at float32's resolution:
-    with bf16 logits (8 bits of mantissa) a later, better iterate often ties with an earlier one
-    and loses, and the points came out weaker (Fashion-MNIST study net: mean margin 0.007 lower,
-    65% of the margins lower); with float32 logits they are as strong as the float32 attack's
-    (mean difference +0.00002, as many margins higher as lower: docs/benchmarks.md). The last
-    layer is a product of B*(K-1)*R rows with a small matrix: its cost does not show.
+    def __init__(self):
+        self.tensor: torch.Tensor | None = None
+
+    def take(self, like: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+        t = self.tensor
+        if t is None or t.shape != (rows, columns) or t.dtype != like.dtype or t.device != like.device:
+            self.tensor = t = torch.empty((rows, columns), dtype=like.dtype, device=like.device)
+        return t
+
+
+class _IntoBuffer(torch.autograd.Function):
+    """x W^T + b, the attack's first classifier layer when it is a linear one. Its backward gives
+    dL/dx only, ``torch.mm(dL/dy, W, out=buffer)``: the product autograd's own linear backward
+    computes (the same values, tests/method/test_latent_attack.py), written into a tensor kept
+    across the steps instead of a fresh (rows, F) one per step, which on the CPU costs page faults
+    (measured: 25 ms of a 96 ms bf16 product of 1152 x 512 x 25088). The attack never asks for
+    the weights' gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, buffer: _GradientBuffer):
+        ctx.weight, ctx.buffer = weight, buffer
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        grad_x = ctx.buffer.take(grad_y, grad_y.shape[0], ctx.weight.shape[1])
+        return torch.mm(grad_y, ctx.weight.to(grad_y.dtype), out=grad_x), None, None, None
+
+
+def _attack_classifier(network, low: torch.dtype | None):
+    """The classifier as the attack iterates it: the layers from the split on, with the first
+    arithmetic layer, when it is a linear one after reshapes only, run through ``_IntoBuffer``.
+
+    With ``low`` (``tapsc.precision.attack_precision``, e.g. bf16): ``layers[split:-1]`` under
+    autocast to ``low`` (the first linear's weight and bias cast once per attack, as autocast's
+    cache would), then the last layer (the logits) in float32 from those activations. Float32
+    logits keep the margins that choose each row's best point at float32's resolution: with bf16
+    logits (8 bits of mantissa) a later, better iterate often ties with an earlier one and loses,
+    and the points came out weaker (Fashion-MNIST study net: mean margin 0.007 lower, 65% of the
+    margins lower; with float32 logits 0.0003 lower, docs/benchmarks.md). The last layer is a
+    product of B*(K-1)*R rows with a small matrix: its cost does not show.
     """
-    body, head = network.layers[network.split:-1], network.layers[-1]
+    layers = list(network.layers[network.split:])
+    body, head = (layers[:-1], layers[-1]) if low is not None else (layers, None)
+    first = next((i for i, layer in enumerate(body) if getattr(layer, "autocast", "other") != "reshapes"), None)
+    buffer, linear = _GradientBuffer(), None
+    if first is not None and isinstance(body[first], Linear):
+        layer = body[first]
+        weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+        if low is not None:
+            weight, bias = weight.to(low), None if bias is None else bias.to(low)
+
+        def linear(x):
+            return _IntoBuffer.apply(x, weight, bias, buffer)
+
+    def run_body(z: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(body):
+            z = linear(z) if index == first and linear is not None else layer(z)
+        return z
+
+    if low is None:
+        return run_body
 
     def classifier(z: torch.Tensor) -> torch.Tensor:
         with torch.autocast(z.device.type, dtype=low):
-            z = run_forward(body, z)
+            z = run_body(z)
         return head(z.float())
 
     return classifier
@@ -194,12 +251,16 @@ def latent_attack(network, z_lo: torch.Tensor, z_hi: torch.Tensor, y: torch.Tens
     if attack.estimation_batch is not None:
         per_chunk = max(1, attack.estimation_batch // (estimators * attack.restarts))
     chunks = []
-    classifier, input_dtype = network.classifier, attack_input_dtype(network.layers[network.split:], lo)
+    input_dtype = attack_input_dtype(network.layers[network.split:], lo)
     low = _low_precision(lo.device.type)
     if low is not None and network.split < len(network.layers) - 1:  # else the classifier is the logits layer
-        classifier = _mixed_classifier(network, low)
+        classifier = _attack_classifier(network, low)
         with torch.autocast(lo.device.type, dtype=low):
             input_dtype = attack_input_dtype(network.layers[network.split:-1], lo)
+    elif _autocast_dtype(lo.device.type) is None:
+        classifier = _attack_classifier(network, None)
+    else:  # --amp: autocast over the whole step, the classifier as the step runs it
+        classifier = network.classifier
     with network.frozen_batchnorm(detach=True), torch.enable_grad():
         for start in range(0, lo.shape[0], per_chunk):
             part = slice(start, start + per_chunk)

@@ -224,6 +224,29 @@ def test_bf16_attack_iterations_find_points_about_as_strong_as_float32():
         assert loss["bf16"] < loss["bf16 logits"], (split, loss)
 
 
+@pytest.mark.parametrize("low", [None, torch.bfloat16])
+def test_the_latent_gradient_of_a_first_linear_layer_goes_into_one_buffer(low, monkeypatch):
+    # flatten -> linear first (split 1): every step's gradient is written into the same tensor
+    # (the points are the plain loop's: the bit-for-bit tests above run this path)
+    from tapsc.method import latent_attack as module
+    from tapsc.precision import attack_precision
+
+    tensors = []
+    real = module._GradientBuffer.take
+
+    def take(self, like, rows, columns):
+        tensor = real(self, like, rows, columns)
+        tensors.append((tensor.data_ptr(), tensor.dtype))
+        return tensor
+
+    monkeypatch.setattr(module._GradientBuffer, "take", take)
+    network = build(split=1, seed=5)
+    _, y, z_lo, z_hi = _boxes(network, 0.1, train=True)
+    with attack_precision(low):
+        latent_attack(network, z_lo, z_hi, y, ir.LatentAttack(steps=6))
+    assert len(tensors) == 6 and set(tensors) == {(tensors[0][0], low or torch.float32)}
+
+
 def test_attack_input_dtype_follows_the_first_arithmetic_layer():
     from tapsc.method.latent_attack import attack_input_dtype
 
