@@ -34,6 +34,7 @@ PREFILTER = 512  # coordinates in a row's fingerprint (see find_stopped)
 COMPACT_SHARE = 0.75  # compact once at most this share of the held rows still moves
 MIN_ROWS = 16  # never compact below this (tiny matrix products take other kernels, other roundings)
 MIN_STEPS_LEFT = 3  # a compaction copies the kept rows and their bounds once: not for the last steps
+CHECK_CHUNKS = 8  # the exact whole-row check gathers at most 1/8 of the held rows at a time
 MIXED_UPDATE_CHUNKS = 8  # CPU: memory chunks for a float32 iterate updated with a bf16 step
 RETIRE_ON = ("cpu",)  # devices that retire rows: each check syncs, not measured on a GPU yet
 
@@ -118,10 +119,15 @@ class HeldRows:
         rows = ((fingerprint == previous) & ~self.stopped).nonzero()[:, 0]
         if rows.numel() == 0:
             return
-        g, m = rows // per, rows % per
         lo3, hi3 = self.lo.reshape(groups, 1, -1), self.hi.reshape(groups, 1, -1)
-        still = ~_moves(z3[g, m], d3[g, m], lo3[g, 0], hi3[g, 0])
-        self.stopped[rows[still]] = True
+        # in chunks of rows: late in an attack on random weights nearly every row is a candidate,
+        # and gathering them all at once (four copies of the iterate) raised the step's peak memory
+        at_most = max(1, -(-self.count // CHECK_CHUNKS))
+        for start in range(0, rows.numel(), at_most):
+            part = rows[start:start + at_most]
+            g, m = part // per, part % per
+            still = ~_moves(z3[g, m], d3[g, m], lo3[g, 0], hi3[g, 0])
+            self.stopped[part[still]] = True
 
     def low_copy(self, dtype: torch.dtype) -> torch.Tensor:
         """The iterate cast to ``dtype``, in a buffer kept across steps: on the CPU a fresh tensor of
