@@ -58,7 +58,6 @@ def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
         torch.set_float32_matmul_precision(precision)
 
 
-
 def fast_attack_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 where ``device`` multiplies bf16 natively and faster than float32, else None.
 
