@@ -17,7 +17,8 @@ class RunStarted:
     train_size: int
     selection_size: int
     selection_split: str  # "validation" or "test"
-    precision: str  # of the training passes: "bf16 autocast", "TF32 matmuls" or "float32"
+    precision: str  # of the training passes: "bf16 autocast", "TF32 matmuls" or "float32", then
+    # ", bf16 attack iterations" where the CPU has native bf16 (Trainer.precision)
 
 
 @dataclass(frozen=True)

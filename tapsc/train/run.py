@@ -203,7 +203,8 @@ class Trainer:
     def state(self, epoch: int) -> dict[str, Any]:
         return rundir.training_state(self.network, self.optimizer, self.scheduler, epoch=epoch,
                                      metrics=self.history, best=self.best, seed=self.seed,
-                                     world_size=self.context.world_size, rng=rng_states())
+                                     world_size=self.context.world_size, rng=rng_states(),
+                                     precision=self.precision())
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: the epoch after the one it holds."""
@@ -534,6 +535,7 @@ def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = i
     trainer = Trainer(spec, run_dir, options, emit)
     if state is not None:
         _note_world_size(state, trainer)
+        _note_precision(state, trainer)
         trainer.restore(state)
     if finished:
         pass
@@ -542,6 +544,17 @@ def resume_run(run_dir: Path, options: RunOptions = RunOptions(), emit: Emit = i
     else:
         emit(Note(f"{run_dir} has no checkpoint yet: starting it from epoch 0"))
     return _train_and_evaluate(trainer)
+
+
+def _note_precision(state: dict[str, Any], trainer: Trainer) -> None:
+    """Warn when the run resumes in another precision than it was checkpointed in (another flag,
+    or another machine: the bf16 attack follows the CPU)."""
+    before, now = state.get("precision"), trainer.precision()
+    if before is not None and before != now:
+        trainer.emit(Note(f"the run was trained in {before} and resumes in {now}: it will not repeat an "
+                          "uninterrupted run exactly; resume with the flags it started with (`--amp`, "
+                          "`--no-tf32`, `--no-attack-bf16`) on the same kind of machine to repeat it",
+                          warning=True))
 
 
 def _note_world_size(state: dict[str, Any], trainer: Trainer) -> None:

@@ -262,11 +262,13 @@ CHECKPOINT_FORMAT = 1
 
 
 def training_state(network: torch.nn.Module, optimizer, scheduler, *, epoch: int, metrics: list[dict[str, Any]],
-                   best: dict[str, Any] | None, seed: int, world_size: int, rng: dict[str, Any]) -> dict[str, Any]:
-    """Everything a run needs to continue after epoch ``epoch`` exactly: what a checkpoint holds."""
+                   best: dict[str, Any] | None, seed: int, world_size: int, rng: dict[str, Any],
+                   precision: str | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue after epoch ``epoch`` exactly: what a checkpoint holds
+    (``precision``: what the training passes computed in, as the run's header says)."""
     return {"format": CHECKPOINT_FORMAT, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng, "metrics": metrics, "best": best,
-            "seed": seed, "world_size": world_size}
+            "seed": seed, "world_size": world_size, "precision": precision}
 
 
 def restore_training_state(state: dict[str, Any], network: torch.nn.Module, optimizer, scheduler) -> None:

@@ -92,3 +92,25 @@ def test_plot_skips_a_last_line_cut_short_but_not_a_broken_middle(run):
     (run / rundir.METRICS).write_text("\n".join([lines[0], "{broken", *lines[1:]]) + "\n")
     result = invoke("plot", run)
     assert result.exit_code == 1 and "error[bad-metrics]" in result.output and ":2 " in result.output
+
+
+def test_checkpoints_record_the_precision_and_a_resume_in_another_warns(finished):
+    # the bf16 attack follows the CPU and the flags: a resume that trains otherwise says so
+    from types import SimpleNamespace
+
+    import torch
+
+    from tapsc.train import run as run_module
+
+    state = torch.load(rundir.checkpoint_path(finished, "last"), map_location="cpu", weights_only=False)
+    expected = "float32" + (", bf16 attack iterations" if run_module.attack_dtype_for(
+        run_module.RunOptions(), torch.device("cpu")) is not None else "")
+    assert state["precision"] == expected
+    notes = []
+    trainer = SimpleNamespace(precision=lambda: "float32", emit=notes.append)
+    run_module._note_precision({"precision": "float32, bf16 attack iterations"}, trainer)
+    assert len(notes) == 1 and notes[0].warning and "`--no-attack-bf16`" in notes[0].text
+    notes.clear()
+    run_module._note_precision({"precision": "float32"}, trainer)
+    run_module._note_precision({"precision": None}, trainer)  # checkpoints from before: nothing recorded
+    assert notes == []
