@@ -329,7 +329,7 @@ def variants(device, amp: str, compile_: str, attack_bf16: str = "off") -> list[
     native = fast_attack_dtype(device) is not None
     attacks = {"on": [True], "off": [False], "both": [False, True], "auto": [native]}[attack_bf16]
     # under autocast the attack is bf16 already
-    return [(a, c, b and not a) for a in amps for c in compiles for b in (attacks if not a else [False])]
+    return [(a, c, b) for a in amps for c in compiles for b in (attacks if not a else [False])]
 
 
 def render(rows: list[dict], certify: dict | None, trained: dict | None = None) -> None:

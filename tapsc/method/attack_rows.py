@@ -51,6 +51,15 @@ def retirement(steps: int, lr0: float) -> tuple[bool, int]:
     return steps >= 2 * first_check + MIN_STEPS_LEFT, first_check
 
 
+def reused(buffer: torch.Tensor | None, shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``buffer`` when it has this shape, dtype and device, else a new empty tensor: the attack's
+    step-sized temporaries are kept across steps, since on the CPU a fresh tensor of that size
+    per step costs page faults."""
+    if buffer is None or buffer.shape != tuple(shape) or buffer.dtype != dtype or buffer.device != device:
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    return buffer
+
+
 def _moves(z, d, lo, hi) -> torch.Tensor:
     """Per row (last dim reduced): does the sign step move any coordinate? Exact for z in [lo, hi]."""
     return ((d > 0) & (z < hi) | (d < 0) & (z > lo)).any(-1)
@@ -130,10 +139,9 @@ class HeldRows:
             self.stopped[part[still]] = True
 
     def low_copy(self, dtype: torch.dtype) -> torch.Tensor:
-        """The iterate cast to ``dtype``, in a buffer kept across steps: on the CPU a fresh tensor of
-        that size per step costs page faults. A leaf; the caller sets requires_grad."""
-        if self._low is None or self._low.shape != self.z.shape or self._low.dtype != dtype:
-            self._low = torch.empty_like(self.z, dtype=dtype)
+        """The iterate cast to ``dtype``, in a buffer kept across steps (``reused``). A leaf; the
+        caller sets requires_grad."""
+        self._low = reused(self._low, self.z.shape, dtype, self.z.device)
         with torch.no_grad():
             self._low.requires_grad_(False).copy_(self.z)
         return self._low
@@ -156,8 +164,7 @@ class HeldRows:
             z.addcmul_(direction, step_width).clamp_(self.lo, self.hi)
             return
         per_part = max(1, -(-z.shape[0] // MIXED_UPDATE_CHUNKS))  # float32 signs, one memory chunk at a time
-        if self._chunk is None or self._chunk.shape[1:] != z.shape[1:] or self._chunk.shape[0] < per_part:
-            self._chunk = torch.empty((per_part,) + tuple(z.shape[1:]), dtype=z.dtype, device=z.device)
+        self._chunk = reused(self._chunk, (per_part,) + tuple(z.shape[1:]), z.dtype, z.device)
         for start in range(0, z.shape[0], per_part):
             part = slice(start, start + per_part)
             signs = self._chunk[: z[part].shape[0]]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from tapsc.language import ir
 from tapsc.layers import Linear
-from tapsc.method.attack_rows import HeldRows, retirement
+from tapsc.method.attack_rows import HeldRows, retirement, reused
 from tapsc.method.connectors import connect_with
 from tapsc.precision import attack_dtype
 
@@ -157,13 +157,6 @@ def _attack_chunk(classifier, lo_B, hi_B, y_B, estimators: int, attack: ir.Laten
     return best_z.gather(2, index)[:, :, 0]
 
 
-def _low_precision(device_type: str) -> torch.dtype | None:
-    """The dtype a training pass asked the attack to iterate in (``tapsc.precision.attack_dtype``),
-    or None: not asked, or autocast is on already (``--amp``: the whole step is low precision)."""
-    low = attack_dtype()
-    return None if low is None or _autocast_dtype(device_type) is not None else low
-
-
 class _GradientBuffer:
     """One (rows, F) tensor kept across the attack's steps for the latent gradient (``_IntoBuffer``)."""
 
@@ -171,10 +164,8 @@ class _GradientBuffer:
         self.tensor: torch.Tensor | None = None
 
     def take(self, like: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-        t = self.tensor
-        if t is None or t.shape != (rows, columns) or t.dtype != like.dtype or t.device != like.device:
-            self.tensor = t = torch.empty((rows, columns), dtype=like.dtype, device=like.device)
-        return t
+        self.tensor = reused(self.tensor, (rows, columns), like.dtype, like.device)
+        return self.tensor
 
 
 class _IntoBuffer(torch.autograd.Function):
@@ -251,16 +242,16 @@ def latent_attack(network, z_lo: torch.Tensor, z_hi: torch.Tensor, y: torch.Tens
     if attack.estimation_batch is not None:
         per_chunk = max(1, attack.estimation_batch // (estimators * attack.restarts))
     chunks = []
-    input_dtype = attack_input_dtype(network.layers[network.split:], lo)
-    low = _low_precision(lo.device.type)
-    if low is not None and network.split < len(network.layers) - 1:  # else the classifier is the logits layer
+    low = attack_dtype()  # a training pass's attack_precision (tapsc.precision), or None
+    if _autocast_dtype(lo.device.type) is not None:  # --amp: the classifier as the whole step runs it
+        classifier = network.classifier
+        input_dtype = attack_input_dtype(network.layers[network.split:], lo)
+    elif low is not None and network.split < len(network.layers) - 1:  # else the classifier is the logits layer
         classifier = _attack_classifier(network, low)
         with torch.autocast(lo.device.type, dtype=low):
             input_dtype = attack_input_dtype(network.layers[network.split:-1], lo)
-    elif _autocast_dtype(lo.device.type) is None:
-        classifier = _attack_classifier(network, None)
-    else:  # --amp: autocast over the whole step, the classifier as the step runs it
-        classifier = network.classifier
+    else:
+        classifier, input_dtype = _attack_classifier(network, None), lo.dtype
     with network.frozen_batchnorm(detach=True), torch.enable_grad():
         for start in range(0, lo.shape[0], per_chunk):
             part = slice(start, start + per_chunk)
